@@ -1,0 +1,25 @@
+# tokendealer: docker build -t tokendealer . && docker run -p 5000:5000 \
+#   -e TOKENDEALER_ISSUER=https://tokens.example.com -v td-keys:/app/keys -v td-data:/data tokendealer
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TOKENDEALER_KEYS_DIR=/app/keys \
+    TOKENDEALER_DATABASE_URL=sqlite+aiosqlite:////data/tokendealer.db
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY tokendealer ./tokendealer
+RUN pip install --no-cache-dir .
+
+RUN useradd --system --uid 10001 --no-create-home tokendealer \
+    && mkdir -p /app/keys /data \
+    && chown tokendealer /app/keys /data
+USER tokendealer
+VOLUME ["/app/keys", "/data"]
+EXPOSE 5000
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=2)"]
+CMD ["tokendealer", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,183 @@
+"""Settings from the ``TOKENDEALER_*`` environment variables (12-factor).
+
+Every value is checked once, at start-up: a bad one raises :class:`ConfigError`
+whose message is a single line naming the variable and what is allowed, so the
+CLI can print it and stop without a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The dealer's configuration; build it with :meth:`from_env`."""
+
+    issuer: str = "http://127.0.0.1:5000"
+    database_url: str = "sqlite+aiosqlite:///tokendealer.db"
+    keys_dir: Path = Path("keys")
+    signing_alg: str = "RS256"
+    token_ttl: int = 900
+    key_passphrase: str | None = field(default=None, repr=False)
+    keys_reload_interval: float = 2.0
+    jwks_max_age: int = 300
+    db_timeout: float = 5.0
+    rate_limit_url: str = "memory://"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    shutdown_grace: float = 20.0
+    max_inflight: int = 512
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.issuer}/oauth/token"
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.issuer}/.well-known/jwks.json"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every ``TOKENDEALER_*`` variable; unset ones take defaults."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def get(name: str, parse: Callable[[str], T], default: T, allowed: str) -> T:
+            raw = env.get(f"TOKENDEALER_{name}")
+            if raw is None:
+                return default
+            try:
+                return parse(raw.strip())
+            except (ValueError, TypeError):
+                raise ConfigError(
+                    f"TOKENDEALER_{name}={raw!r} is invalid: expected {allowed}"
+                ) from None
+
+        return cls(
+            issuer=get("ISSUER", _issuer, defaults.issuer, "an http(s) URL without query"),
+            database_url=get(
+                "DATABASE_URL",
+                _database_url,
+                defaults.database_url,
+                "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB",
+            ),
+            keys_dir=get("KEYS_DIR", _path, defaults.keys_dir, "a directory path"),
+            signing_alg=get(
+                "SIGNING_ALG", _signing_alg, defaults.signing_alg, " or ".join(SIGNING_ALGORITHMS)
+            ),
+            token_ttl=get(
+                "TOKEN_TTL", _int_between(1, 86400), defaults.token_ttl, "seconds, 1 to 86400"
+            ),
+            key_passphrase=env.get("TOKENDEALER_KEY_PASSPHRASE") or None,
+            keys_reload_interval=get(
+                "KEYS_RELOAD_INTERVAL",
+                _float_between(0.05, 5.0),
+                defaults.keys_reload_interval,
+                "seconds, 0.05 to 5 (workers must follow a rotation within 5 s)",
+            ),
+            jwks_max_age=get(
+                "JWKS_MAX_AGE", _int_between(0, 86400), defaults.jwks_max_age, "seconds, 0 to 86400"
+            ),
+            db_timeout=get(
+                "DB_TIMEOUT", _float_between(0.1, 300), defaults.db_timeout, "seconds, 0.1 to 300"
+            ),
+            rate_limit_url=get(
+                "RATE_LIMIT_URL",
+                _rate_limit_url,
+                defaults.rate_limit_url,
+                "a limits storage URI such as memory:// or redis://HOST:PORT",
+            ),
+            trusted_proxies=get(
+                "TRUSTED_PROXIES",
+                _networks,
+                defaults.trusted_proxies,
+                "comma-separated IP addresses or CIDRs",
+            ),
+            shutdown_grace=get(
+                "SHUTDOWN_GRACE",
+                _float_between(0, 3600),
+                defaults.shutdown_grace,
+                "seconds, 0 to 3600",
+            ),
+            max_inflight=get(
+                "MAX_INFLIGHT", _int_between(1, 100000), defaults.max_inflight, "1 to 100000"
+            ),
+        )
+
+
+def _issuer(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(raw)
+    return raw.rstrip("/")
+
+
+def _database_url(raw: str) -> str:
+    from sqlalchemy.engine import make_url  # local: config must stay cheap to import
+
+    try:
+        url = make_url(raw)
+    except Exception as exc:  # sqlalchemy raises ArgumentError for garbage
+        raise ValueError(raw) from exc
+    if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ValueError(raw)
+    return raw
+
+
+def _path(raw: str) -> Path:
+    if not raw:
+        raise ValueError(raw)
+    return Path(raw)
+
+
+def _signing_alg(raw: str) -> str:
+    for alg in SIGNING_ALGORITHMS:
+        if raw.lower() == alg.lower():
+            return alg
+    raise ValueError(raw)
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:  # also rejects nan
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _rate_limit_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("memory", "redis", "rediss", "redis+unix"):
+        raise ValueError(raw)
+    return raw
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
+    )

@@ -1,0 +1,66 @@
+"""The database engine and its schema migrations (alembic).
+
+``migrate`` brings any database to the newest schema. On PostgreSQL it runs
+under a transaction-scoped advisory lock, so replicas starting together
+migrate one at a time and the later ones find nothing left to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# pg_advisory_xact_lock key: any constant shared by every replica ("tokendea" in ASCII).
+MIGRATION_LOCK_ID = 0x746F6B656E646561
+
+
+def create_engine(database_url: str, timeout: float) -> AsyncEngine:
+    """An async engine whose every wait (connect, lock, statement) is bounded by ``timeout``."""
+    url = make_url(database_url)
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": timeout}
+    if url.get_backend_name() == "sqlite":
+        options["connect_args"] = {"timeout": timeout}
+        engine = create_async_engine(url, **options)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    options["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
+    options["pool_recycle"] = 1800
+    return create_async_engine(url, **options)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers run beside the one writer; foreign keys are off by default."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Upgrade the schema to head; a no-op on an up-to-date database."""
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_ID}
+            )
+        await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip, for readiness."""
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))

@@ -1,0 +1,422 @@
+"""The signing key set: one file, ``keyset.json``, in the keys directory.
+
+A key is in one of three published states:
+
+* ``next``    -- published in the JWKS but not signing yet, so verifiers that
+  cached the JWKS already know it before the first token it signs;
+* ``current`` -- signs every new token;
+* ``retired`` -- no longer signs, stays published until its tokens expire.
+
+The whole set lives in one JSON file written atomically (temp file, fsync,
+rename, fsync of the directory) with mode 0600, so a reader sees the old set or
+the new one, never half of either. Writers take an exclusive ``flock`` on
+``.lock`` in the same directory, so concurrent ``keys rotate`` runs (or
+replicas starting together on a shared volume) serialise instead of racing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from .config import SIGNING_ALGORITHMS
+
+KEYSET_FILE = "keyset.json"
+LOCK_FILE = ".lock"
+FORMAT = "tokendealer-keyset/1"
+RSA_KEY_BITS = 2048
+
+State = Literal["next", "current", "retired"]
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+# RFC 7638 §3.2: the required members of each key type, in lexicographic order.
+_THUMBPRINT_MEMBERS = {
+    "RSA": ("e", "kty", "n"),
+    "EC": ("crv", "kty", "x", "y"),
+    "OKP": ("crv", "kty", "x"),
+}
+
+
+class KeySetError(Exception):
+    """The key set is missing, unreadable, or an operation on it is impossible."""
+
+
+class UnknownKeyError(KeySetError):
+    """No key with the given kid is in the set."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(raw: str | None) -> datetime | None:
+    return None if raw is None else datetime.fromisoformat(raw.replace("Z", "+00:00"))
+
+
+def generate_private_key(alg: str) -> PrivateKey:
+    """A fresh private key for ``alg`` (RSA-2048, P-256 or Ed25519)."""
+    if alg in ("RS256", "PS256"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise KeySetError(
+        f"unsupported signing algorithm {alg!r}; use one of {', '.join(SIGNING_ALGORITHMS)}"
+    )
+
+
+def public_jwk_members(private_key: PrivateKey) -> dict[str, str]:
+    """The public key as JWK members (RFC 7517/7518/8037), without kid/use/alg.
+
+    PyJWT adds ``key_ops``; RFC 7517 §4.3 says not to use it beside ``use``, so it goes.
+    """
+    public = private_key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
+    else:
+        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
+    jwk.pop("key_ops", None)
+    return jwk
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 thumbprint (SHA-256, base64url without padding): our ``kid``."""
+    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One key of the set with its lifecycle timestamps."""
+
+    kid: str
+    alg: str
+    state: State
+    private_key: PrivateKey
+    created_at: datetime
+    activated_at: datetime | None = None
+    retired_at: datetime | None = None
+
+    @classmethod
+    def generate(cls, alg: str, state: State, now: datetime) -> SigningKey:
+        private_key = generate_private_key(alg)
+        kid = jwk_thumbprint(public_jwk_members(private_key))
+        activated = now if state == "current" else None
+        return cls(kid, alg, state, private_key, created_at=now, activated_at=activated)
+
+    @cached_property
+    def public_jwk(self) -> dict[str, str]:
+        """The JWKS entry: public members only, never a private one."""
+        return {
+            **public_jwk_members(self.private_key),
+            "kid": self.kid,
+            "use": "sig",
+            "alg": self.alg,
+        }
+
+    def facts(self) -> dict[str, Any]:
+        """Public facts for ``keys list``: never key material."""
+        return {
+            "kid": self.kid,
+            "alg": self.alg,
+            "state": self.state,
+            "created_at": _iso(self.created_at),
+            "activated_at": _iso(self.activated_at),
+            "retired_at": _iso(self.retired_at),
+        }
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """An immutable snapshot of the key set; replaced whole on every change."""
+
+    keys: tuple[SigningKey, ...]
+
+    def _one(self, state: State) -> SigningKey:
+        found = [key for key in self.keys if key.state == state]
+        if len(found) != 1:
+            raise KeySetError(f"the key set must have exactly one {state} key, it has {len(found)}")
+        return found[0]
+
+    @property
+    def current(self) -> SigningKey:
+        return self._one("current")
+
+    @property
+    def next(self) -> SigningKey:
+        return self._one("next")
+
+    @property
+    def retired(self) -> tuple[SigningKey, ...]:
+        return tuple(key for key in self.keys if key.state == "retired")
+
+    def get(self, kid: str) -> SigningKey:
+        for key in self.keys:
+            if key.kid == kid:
+                return key
+        raise UnknownKeyError(f"no key with kid {kid!r} in the key set")
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """RFC 7517 §5 JWK Set of every published key: next, current, retired."""
+        order = {"current": 0, "next": 1, "retired": 2}
+        return {"keys": [key.public_jwk for key in sorted(self.keys, key=lambda k: order[k.state])]}
+
+    def validate(self) -> KeySet:
+        """Check the invariants: one current, one next, unique kids."""
+        self.current, self.next  # noqa: B018 -- each raises when the state is not unique
+        kids = [key.kid for key in self.keys]
+        if len(set(kids)) != len(kids):
+            raise KeySetError("the key set holds the same kid twice")
+        return self
+
+
+def serialize_keyset(keyset: KeySet, passphrase: str | None) -> bytes:
+    """The on-disk form: JSON with PKCS#8 PEM private keys, encrypted when a passphrase is set."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase.encode())
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    entries = []
+    for key in keyset.keys:
+        pem = key.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        )
+        entries.append({**key.facts(), "private_key": pem.decode()})
+    return json.dumps({"format": FORMAT, "keys": entries}, indent=2).encode() + b"\n"
+
+
+def parse_keyset(data: bytes, passphrase: str | None) -> KeySet:
+    """Parse and check a key set file; any defect raises :class:`KeySetError` with one line."""
+    try:
+        document = json.loads(data)
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise KeySetError(f"not a {FORMAT} file")
+        keys = tuple(_parse_entry(entry, passphrase) for entry in document["keys"])
+    except KeySetError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        # Messages from cryptography never contain key material; keep them short.
+        raise KeySetError(f"the key set file cannot be read: {type(exc).__name__}: {exc}") from None
+    return KeySet(keys).validate()
+
+
+def _parse_entry(entry: dict[str, Any], passphrase: str | None) -> SigningKey:
+    pem = entry["private_key"].encode()
+    encrypted = b"ENCRYPTED" in pem.split(b"\n", 1)[0]
+    if encrypted and not passphrase:
+        raise KeySetError("the private keys are encrypted: set TOKENDEALER_KEY_PASSPHRASE")
+    try:
+        private_key = serialization.load_pem_private_key(
+            pem, password=passphrase.encode() if encrypted and passphrase else None
+        )
+    except ValueError:
+        if encrypted:
+            raise KeySetError(
+                "cannot decrypt the private keys: TOKENDEALER_KEY_PASSPHRASE is wrong"
+            ) from None
+        raise
+    except TypeError:  # a passphrase given for unencrypted keys is harmless
+        private_key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(private_key, PrivateKey):
+        raise KeySetError(f"key {entry['kid']!r} has an unsupported key type")
+    kid = jwk_thumbprint(public_jwk_members(private_key))
+    if kid != entry["kid"]:
+        raise KeySetError(f"key {entry['kid']!r} does not match its private key")
+    if entry["alg"] not in SIGNING_ALGORITHMS or entry["state"] not in (
+        "next",
+        "current",
+        "retired",
+    ):
+        raise KeySetError(f"key {kid!r} has an unknown alg or state")
+    return SigningKey(
+        kid=kid,
+        alg=entry["alg"],
+        state=entry["state"],
+        private_key=private_key,
+        created_at=_parse_time(entry["created_at"]) or _now(),
+        activated_at=_parse_time(entry.get("activated_at")),
+        retired_at=_parse_time(entry.get("retired_at")),
+    )
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What identifies one version of the key set file, cheaply (one ``stat``)."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class KeyStore:
+    """Reads and changes the key set in one directory, safely across processes."""
+
+    def __init__(self, directory: Path, passphrase: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.passphrase = passphrase
+        self.path = self.directory / KEYSET_FILE
+
+    # -- reading ---------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def stamp(self) -> FileStamp | None:
+        return FileStamp.of(self.path)
+
+    def load(self) -> KeySet:
+        """The key set on disk; raises :class:`KeySetError` when absent or broken."""
+        self.check_permissions()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise KeySetError(
+                f"no key set in {self.directory}/: "
+                "run 'tokendealer keys list' or start the server to create one"
+            ) from None
+        return parse_keyset(data, self.passphrase)
+
+    def check_permissions(self) -> None:
+        """Refuse a private key file readable by group or others."""
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            return
+        if mode & 0o077:
+            raise KeySetError(
+                f"{self.path} is accessible by group or others (mode {mode & 0o777:o}); "
+                f"run: chmod 600 {self.path}"
+            )
+
+    # -- changing (each under the directory lock) --------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock shared by every process using this directory."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def ensure(self, alg: str) -> tuple[KeySet, bool]:
+        """Create a key set (current + next) unless one exists; returns (set, created)."""
+        with self.locked():
+            if self.exists():
+                return self.load(), False
+            now = _now()
+            keyset = KeySet(
+                (SigningKey.generate(alg, "current", now), SigningKey.generate(alg, "next", now))
+            )
+            self._write(keyset)
+            return keyset, True
+
+    def rotate(self, alg: str) -> tuple[KeySet, KeySet]:
+        """next -> current, current -> retired, a new next of ``alg``; returns (before, after)."""
+        with self.locked():
+            before = self.load()
+            now = _now()
+            after = KeySet(
+                tuple(_rotated(key, now) for key in before.keys)
+                + (SigningKey.generate(alg, "next", now),)
+            ).validate()
+            self._write(after)
+            return before, after
+
+    def prune(self, max_token_lifetime: float, now: datetime | None = None) -> list[SigningKey]:
+        """Drop retired keys retired more than ``max_token_lifetime`` seconds ago."""
+        with self.locked():
+            keyset = self.load()
+            moment = now or _now()
+            expired = [
+                key
+                for key in keyset.retired
+                if key.retired_at is None
+                or (moment - key.retired_at).total_seconds() > max_token_lifetime
+            ]
+            if expired:
+                self._write(KeySet(tuple(k for k in keyset.keys if k not in expired)).validate())
+            return expired
+
+    def revoke(self, kid: str, alg: str) -> tuple[SigningKey, KeySet]:
+        """Remove a leaked key at once, whatever its state; keep a current and a next."""
+        with self.locked():
+            keyset = self.load()
+            revoked = keyset.get(kid)
+            now = _now()
+            remaining = [key for key in keyset.keys if key.kid != kid]
+            if revoked.state == "current":
+                remaining = [
+                    replace(key, state="current", activated_at=now) if key.state == "next" else key
+                    for key in remaining
+                ]
+            if revoked.state in ("current", "next"):
+                remaining.append(SigningKey.generate(alg, "next", now))
+            after = KeySet(tuple(remaining)).validate()
+            self._write(after)
+            return revoked, after
+
+    def _write(self, keyset: KeySet) -> None:
+        """Atomic replace: temp file (0600) in the same dir, fsync, rename, fsync the dir."""
+        data = serialize_keyset(keyset, self.passphrase)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".keyset-", suffix=".tmp", dir=self.directory)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _rotated(key: SigningKey, now: datetime) -> SigningKey:
+    if key.state == "next":
+        return replace(key, state="current", activated_at=now)
+    if key.state == "current":
+        return replace(key, state="retired", retired_at=now)
+    return key
