@@ -1,11 +1,12 @@
 # make run   -- serve the dealer on http://127.0.0.1:5000 (creates .venv, keys and database)
 # make test  -- the whole test suite (creates .venv with the test extras)
+# make bench -- the benchmark of issue 8 (benchmarks/README.md); bench-smoke: its short check
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean bench bench-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,16 +24,32 @@ run: $(VENV)/.installed
 	$(BIN)/tokendealer serve
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check tokendealer tests
+	$(BIN)/ruff check tokendealer tests examples benchmarks
+	$(MAKE) --no-print-directory bench-smoke
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check tokendealer tests
-	$(BIN)/ruff format --check tokendealer tests
+	$(BIN)/ruff check tokendealer tests examples benchmarks
+	$(BIN)/ruff format --check tokendealer tests examples benchmarks
 
 format: $(VENV)/.installed-test
-	$(BIN)/ruff format tokendealer tests
-	$(BIN)/ruff check --fix tokendealer tests
+	$(BIN)/ruff format tokendealer tests examples benchmarks
+	$(BIN)/ruff check --fix tokendealer tests examples benchmarks
+
+# The benchmark (benchmarks/README.md). wrk is installed when apt-get can (root); without it
+# the bundled loader is used, never a failure. BENCH_ARGS: extra options of benchmarks/run.py.
+bench: $(VENV)/.installed-test
+	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+	  && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 \
+	      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1; }; }; } \
+	  || echo "bench: wrk could not be installed; using the bundled loader" >&2
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# The same benchmark with tiny durations (< 2 min, part of make test): fails when a target
+# errors, answers anything but 2xx, or a token does not verify; timings never fail it.
+bench-smoke: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.run --smoke $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

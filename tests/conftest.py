@@ -88,6 +88,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def pg_url(postgres_url: str) -> str:
+    """PostgreSQL only (for replica tests), with an empty schema."""
+    asyncio.run(reset_postgres(postgres_url))
+    return postgres_url
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'tokendealer.db'}"
 
@@ -245,3 +252,36 @@ def dealer(dealer_factory: Any, sqlite_url: str) -> DealerServer:
     server = dealer_factory(sqlite_url)
     server.start()
     return server
+
+
+# -- hardening: apps with their own settings, Redis ------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis (``TOKENDEALER_TEST_REDIS_URL``); skipped with the reason when unset."""
+    url = os.environ.get(REDIS_ENV)
+    if not url:
+        pytest.skip(f"Redis tests need {REDIS_ENV} (CI sets it)")
+    return url
+
+
+@pytest.fixture
+async def app_factory(sqlite_url: str, keys_dir: Path) -> AsyncIterator[Any]:
+    """Starts dealer apps (for the Quart test client) with ``Settings`` overrides.
+
+    Every app built by one test shares its SQLite database and key dir, as
+    replicas would; all are stopped at teardown.
+    """
+    import contextlib
+    import dataclasses
+
+    base = Settings(issuer="http://dealer.test", database_url=sqlite_url, keys_dir=keys_dir)
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Any:
+            application = create_app(dataclasses.replace(base, **overrides))
+            await stack.enter_async_context(application.test_app())
+            return application
+
+        yield start

@@ -1,19 +1,34 @@
-"""The dealer's app factory: wires settings, database, key ring and blueprints."""
+"""The dealer's app factory: wires settings, database, key ring, limits and blueprints."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from quart import Quart, Response
 
-from . import errors, health, oauth, wellknown
+from . import (
+    errors,
+    health,
+    introspection,
+    metrics,
+    oauth,
+    openapi,
+    revocation,
+    transport,
+    wellknown,
+)
 from .clients import ClientRegistry
 from .config import Settings
 from .db import create_engine, migrate
 from .keyring import KeyRing
 from .keys import KeyStore
+from .ratelimit import FailureLimiter
+from .revocations import PURGE_INTERVAL, RevocationList
 from .state import EXTENSION, DealerState
+
+log = logging.getLogger("tokendealer")
 
 MAX_BODY_BYTES = 64 * 1024  # a token request is a few hundred bytes
 
@@ -32,24 +47,35 @@ def create_app(settings: Settings | None = None) -> Quart:
         engine=engine,
         registry=ClientRegistry(engine),
         keyring=KeyRing(store, settings.keys_reload_interval),
+        revocations=RevocationList(engine),
+        limiter=FailureLimiter(
+            settings.rate_limit_url,
+            settings.auth_failure_limit,
+            settings.auth_failure_limit_per_address,
+            namespace=settings.issuer,  # replicas of one dealer share limits, others don't
+        ),
     )
     app.extensions[EXTENSION] = state
     follower: asyncio.Task[None] | None = None
+    purger: asyncio.Task[None] | None = None
 
     @app.before_serving
     async def start() -> None:
-        nonlocal follower
+        nonlocal follower, purger
         await migrate(engine)
         await asyncio.to_thread(store.ensure, settings.signing_alg)
         await asyncio.to_thread(state.keyring.refresh)
         follower = asyncio.create_task(state.keyring.follow())
+        purger = asyncio.create_task(purge_revocations(state))
 
     @app.after_serving
     async def stop() -> None:
-        if follower is not None:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+        for task in (follower, purger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await state.limiter.close()
         await engine.dispose()
 
     @app.after_request
@@ -58,6 +84,28 @@ def create_app(settings: Settings | None = None) -> Quart:
         return response
 
     errors.register(app)
-    for blueprint in (oauth.blueprint, wellknown.blueprint, health.blueprint):
+    for blueprint in (
+        oauth.blueprint,
+        introspection.blueprint,
+        revocation.blueprint,
+        wellknown.blueprint,
+        health.blueprint,
+        metrics.blueprint,
+        openapi.blueprint,
+    ):
         app.register_blueprint(blueprint)
+    app.asgi_app = metrics.instrument(transport.limit_head(app.asgi_app))  # type: ignore[method-assign]
     return app
+
+
+async def purge_revocations(state: DealerState, interval: float = PURGE_INTERVAL) -> None:
+    """Drop revoked jtis past their token's expiry, every ``interval`` seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            purged = await state.db_call(state.revocations.purge())
+        except Exception as exc:  # the database may be down for a while: try again later
+            log.warning("purging expired revocations failed: %s", type(exc).__name__)
+        else:
+            if purged:
+                log.info("purged %d expired revocations", purged)

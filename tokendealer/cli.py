@@ -22,8 +22,8 @@ from .keys import KeySetError, KeyStore
 
 T = TypeVar("T")
 # Retired keys stay published this long past the token lifetime, for clock skew
-# between hosts (the verifier's default leeway is 30 s).
-PRUNE_MARGIN_SECONDS = 60
+# between hosts (the verifier's default leeway is 30 s) and JWKS caching.
+PRUNE_LEEWAY_SECONDS = 60
 
 
 def fail(message: str, status: int = 1) -> NoReturn:
@@ -283,12 +283,21 @@ def keys_rotate(alg: str | None, as_json: bool) -> None:
 
 
 @keys.command("prune")
+@click.option(
+    "--leeway",
+    default=PRUNE_LEEWAY_SECONDS,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seconds past TOKENDEALER_TOKEN_TTL a retired key stays, for clock skew.",
+)
 @click.option("--json", "as_json", is_flag=True)
-def keys_prune(as_json: bool) -> None:
+def keys_prune(leeway: int, as_json: bool) -> None:
     """Drop retired keys whose tokens can no longer be valid."""
     settings = load_settings()
     store = keystore(settings)
-    removed = _guard(lambda: store.prune(settings.token_ttl + PRUNE_MARGIN_SECONDS))
+    # A worker may sign with a just-retired key until it reloads: add the interval.
+    lifetime = settings.token_ttl + settings.keys_reload_interval + leeway
+    removed = _guard(lambda: store.prune(lifetime))
     facts = [key.facts() for key in removed]
     emit(
         facts,

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 SECRET_BYTES = 32  # 256 bits
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_urlsafe makes
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # A digest no secret produces, compared against when the client id is unknown,
@@ -166,7 +167,7 @@ class ClientRegistry:
         secret = secrets.token_urlsafe(SECRET_BYTES)
         now = _now()
         client = Client(
-            client_id=secrets.token_urlsafe(12),
+            client_id=secrets.token_hex(12),  # hex: never starts with "-" on a command line
             name=name,
             secret_digest=digest_secret(secret),
             scopes=" ".join(parse_scopes(scopes)),
@@ -181,13 +182,16 @@ class ClientRegistry:
         return IssuedSecret(client, secret)
 
     async def get(self, client_id: str) -> Client:
-        async with self.sessions() as session:
-            client = await session.get(Client, client_id)
+        client = await self.find(client_id)
         if client is None:
             raise UnknownClientError(f"no client with id {client_id!r}")
         return client
 
     async def find(self, client_id: str) -> Client | None:
+        """The client, or None; an id we could never have issued is not looked up
+        (PostgreSQL refuses NUL bytes, for one, and would turn a 401 into an error)."""
+        if not CLIENT_ID.fullmatch(client_id):
+            return None
         async with self.sessions() as session:
             return await session.get(Client, client_id)
 
@@ -231,14 +235,25 @@ class ClientRegistry:
 
     async def authenticate(self, client_id: str, secret: str) -> Client | None:
         """The client if id and secret match, else None; unknown ids cost the same."""
+        client, _reason = await self.identify(client_id, secret)
+        return client
+
+    async def identify(self, client_id: str, secret: str) -> tuple[Client | None, str]:
+        """``(client, "ok")``, or ``(None, reason)`` with reason ``unknown_client`` or
+        ``wrong_secret``: for the operator's audit log and metrics, never for the caller.
+        Both failures cost the same digest and comparison."""
         client = await self.find(client_id)
         if client is None:
             hmac.compare_digest(digest_secret(secret), _DUMMY_DIGEST)
-            return None
-        return client if client.secret_matches(secret) else None
+            return None, "unknown_client"
+        if not client.secret_matches(secret):
+            return None, "wrong_secret"
+        return client, "ok"
 
     async def _locked(self, session: Any, client_id: str) -> Client:
-        client = await session.get(Client, client_id, with_for_update=True)
+        client = None
+        if CLIENT_ID.fullmatch(client_id):
+            client = await session.get(Client, client_id, with_for_update=True)
         if client is None:
             raise UnknownClientError(f"no client with id {client_id!r}")
         return client

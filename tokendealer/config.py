@@ -38,6 +38,10 @@ class Settings:
     jwks_max_age: int = 300
     db_timeout: float = 5.0
     rate_limit_url: str = "memory://"
+    # Failed client authentications allowed per window (``limits`` notation), per
+    # (client id, source address) and per source address; a sliding (moving) window.
+    auth_failure_limit: str = "10/minute"
+    auth_failure_limit_per_address: str = "100/minute"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     shutdown_grace: float = 20.0
     max_inflight: int = 512
@@ -100,6 +104,18 @@ class Settings:
                 _rate_limit_url,
                 defaults.rate_limit_url,
                 "a limits storage URI such as memory:// or redis://HOST:PORT",
+            ),
+            auth_failure_limit=get(
+                "AUTH_FAILURE_LIMIT",
+                _rate_limit,
+                defaults.auth_failure_limit,
+                'a limit such as "10/minute" or "5 per 10 seconds"',
+            ),
+            auth_failure_limit_per_address=get(
+                "AUTH_FAILURE_LIMIT_PER_ADDRESS",
+                _rate_limit,
+                defaults.auth_failure_limit_per_address,
+                'a limit such as "100/minute" or "50 per 30 seconds"',
             ),
             trusted_proxies=get(
                 "TRUSTED_PROXIES",
@@ -174,6 +190,13 @@ def _float_between(low: float, high: float) -> Callable[[str], float]:
 def _rate_limit_url(raw: str) -> str:
     if urlsplit(raw).scheme not in ("memory", "redis", "rediss", "redis+unix"):
         raise ValueError(raw)
+    return raw
+
+
+def _rate_limit(raw: str) -> str:
+    from limits import parse  # local: config must stay cheap to import
+
+    parse(raw)  # ValueError when it is not one limit in the limits notation
     return raw
 
 

@@ -7,7 +7,10 @@ shape, so no client ever has to parse an HTML error page.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -48,12 +51,43 @@ def temporarily_unavailable(description: str, retry_after: int = 2) -> OAuthErro
     )
 
 
+def slow_down(retry_after: int) -> OAuthError:
+    """Too many failed client authentications: 429 (RFC 6585 §4) with ``Retry-After``.
+
+    RFC 6749 §5.2 has no code for this. ``slow_down`` is the registered OAuth
+    error (RFC 8628 §3.5, IANA "OAuth Extensions Error Registry", used at the
+    token endpoint) whose meaning is exactly "ask less often"; ``invalid_client``
+    would tell a client its secret is wrong (it may not be), and
+    ``temporarily_unavailable`` would blame the server.
+    """
+    return OAuthError(
+        "slow_down",
+        "too many failed client authentications from this source; retry later",
+        429,
+        {"Retry-After": str(retry_after)},
+    )
+
+
 def render(error: OAuthError) -> Response:
     response = jsonify({"error": error.error, "error_description": error.description})
     response.status_code = error.status
     response.headers.update(NO_STORE)
     response.headers.update(error.headers)
     return response
+
+
+async def send_asgi(send: Callable[[dict[str, Any]], Awaitable[None]], error: OAuthError) -> None:
+    """The same JSON answer as :func:`render`, for ASGI middleware that answers before the app."""
+    body = json.dumps({"error": error.error, "error_description": error.description}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _http_error(exc: HTTPException) -> Response:

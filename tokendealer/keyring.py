@@ -44,7 +44,7 @@ class KeyRing:
             return False
         try:
             keyset = self.store.load()
-        except KeySetError as exc:
+        except (KeySetError, OSError) as exc:
             self._stamp = stamp  # retried as soon as the file changes again
             if str(exc) != self.error:
                 log.error("key set not reloaded, keeping the last good one: %s", exc)
@@ -59,4 +59,7 @@ class KeyRing:
         """Poll for changes until cancelled (a ``before_serving`` background task)."""
         while True:
             await asyncio.sleep(self.interval)
-            await asyncio.to_thread(self.refresh)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:  # never let the follower die: the next tick tries again
+                log.exception("key set check failed")

@@ -4,12 +4,23 @@
 process, before hypercorn starts any worker, so N workers (or replicas sharing
 a volume and a database, thanks to the key-dir flock and the PostgreSQL
 advisory lock) never each create their own key set or race a migration.
+
+``hypercorn_config`` also sets the transport limits (see :data:`TRANSPORT_LIMITS`)
+and the logging of each worker; ``run_server`` gives the workers a fresh
+prometheus-client multiprocess directory, removed when the server exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 from hypercorn.config import Config
 from hypercorn.run import run
@@ -19,6 +30,54 @@ from .db import create_engine, migrate
 from .keys import KeyStore
 
 log = logging.getLogger("tokendealer")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client in each worker
+
+# What a slow or oversized client can hold of a worker (hypercorn settings):
+TRANSPORT_LIMITS: dict[str, Any] = {
+    # Headers must be complete within this many seconds of connecting (or of the
+    # previous response): the idle timer runs until a whole request head arrived,
+    # so a client trickling header bytes is dropped, whatever its pace.
+    "keep_alive_timeout": 5,
+    # A request head (request line and headers) larger than this is refused (h11).
+    "h11_max_incomplete_size": 16 * 1024,
+    "h2_max_header_list_size": 16 * 1024,
+    "h2_max_concurrent_streams": 32,
+    # No single read may wait longer, in any state, even while a request is being
+    # answered: at least 30 s, and more than three database timeouts (see
+    # hypercorn_config). The body has its own limits in the app: 10 s
+    # (BODY_TIMEOUT) and 64 KiB (MAX_CONTENT_LENGTH).
+    "read_timeout": 30,
+    "ssl_handshake_timeout": 10,
+    "keep_alive_max_requests": 1000,
+    "backlog": 1024,
+}
+
+# Each worker's logging: the audit log alone on stdout (one JSON object a line),
+# the rest on stderr. Applied by hypercorn in every worker process.
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(levelname)s %(name)s: %(message)s"},
+        "bare": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "plain",
+        },
+        "audit": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+            "formatter": "bare",
+        },
+    },
+    "loggers": {
+        "tokendealer": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "tokendealer.audit": {"level": "INFO", "handlers": ["audit"], "propagate": False},
+    },
+}
 
 
 def prepare_keys(settings: Settings) -> None:
@@ -58,8 +117,10 @@ def hypercorn_config(
     config.graceful_timeout = settings.shutdown_grace
     config.errorlog = "-"
     config.loglevel = "INFO"
-    config.keep_alive_timeout = 5
-    config.h11_max_incomplete_size = 16 * 1024
+    config.logconfig_dict = LOGGING
+    for name, value in TRANSPORT_LIMITS.items():
+        setattr(config, name, value)
+    config.read_timeout = max(config.read_timeout, math.ceil(settings.db_timeout * 3) + 5)
     if certfile and keyfile:
         config.certfile, config.keyfile = certfile, keyfile
     return config
@@ -74,4 +135,27 @@ def run_server(
     keyfile: str | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns hypercorn's exit status."""
-    return run(hypercorn_config(settings, host, port, workers, certfile, keyfile))
+    with metrics_directory():
+        return run(hypercorn_config(settings, host, port, workers, certfile, keyfile))
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[str]:
+    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for the workers about to start, removed after.
+
+    Workers are spawned processes that inherit the environment, so each one's
+    prometheus-client starts in multiprocess mode and ``/metrics`` from any
+    worker adds up all of them. Fresh, because samples left by an earlier run
+    would be counted again.
+    """
+    previous = os.environ.get(MULTIPROC_ENV)
+    directory = tempfile.mkdtemp(prefix="tokendealer-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield directory
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)

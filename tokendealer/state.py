@@ -1,4 +1,4 @@
-"""What one dealer process holds while it serves: settings, database, key ring."""
+"""What one dealer process holds while it serves: settings, database, key ring, limits."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from .clients import ClientRegistry
 from .config import Settings
 from .errors import temporarily_unavailable
 from .keyring import KeyRing
+from .ratelimit import FailureLimiter
+from .revocations import RevocationList
 from .tokens import TokenSigner
 
 T = TypeVar("T")
@@ -28,6 +30,8 @@ class DealerState:
     engine: AsyncEngine
     registry: ClientRegistry
     keyring: KeyRing
+    revocations: RevocationList
+    limiter: FailureLimiter
     _signer: TokenSigner | None = None
 
     def signer(self) -> TokenSigner:

@@ -3,6 +3,11 @@
 The JOSE header of a key never changes, so it is encoded once per key and
 reused; each token then costs one JSON dump of its claims and one signature
 (PyJWT's algorithm objects over ``cryptography`` keys).
+
+:func:`read_access_token` is the other direction, for the dealer's own
+introspection (RFC 7662) and revocation (RFC 7009) endpoints: it checks a
+token against the dealer's own key set the way RFC 9068 §4 asks a resource
+server to.
 """
 
 from __future__ import annotations
@@ -14,11 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import jwt
 from jwt import get_algorithm_by_name
 
-from .keys import SigningKey
+from .keys import KeySet, SigningKey, UnknownKeyError
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 -- RFC 9068 §2.1 media type, not a secret
+# Ours are about 1 KiB; anything far larger is not ours and is refused unparsed.
+MAX_TOKEN_CHARS = 8192
+REQUIRED_CLAIMS = ["iss", "sub", "client_id", "aud", "scope", "iat", "exp", "jti"]
+
+
+class InvalidAccessToken(Exception):
+    """Not an unexpired access token of this dealer; the message says why, for logs."""
 
 
 def _b64(data: bytes) -> bytes:
@@ -72,3 +85,35 @@ def access_token_claims(
         "exp": now + ttl,
         "jti": secrets.token_urlsafe(16),
     }
+
+
+def read_access_token(keyset: KeySet, token: str, issuer: str) -> dict[str, Any]:
+    """The claims of a valid token of ours, else :class:`InvalidAccessToken`.
+
+    RFC 9068 §4: ``typ`` is ``at+jwt``; the key is the published one named by
+    ``kid`` and the algorithm is that key's, never the header's choice; ``iss``
+    is ours, exactly; ``exp`` has not passed (no leeway: the clock is our own).
+    The audience is not checked: introspection answers for every audience.
+    """
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise InvalidAccessToken("not a token of a plausible size")
+    try:
+        header = jwt.get_unverified_header(token)
+        kid = header.get("kid")
+        if not isinstance(kid, str) or header.get("typ") != TOKEN_TYPE:
+            raise InvalidAccessToken("not an RFC 9068 access token (typ, kid)")
+        key = keyset.get(kid)
+        claims = jwt.decode(
+            token,
+            key.private_key.public_key(),
+            algorithms=[key.alg],
+            issuer=issuer,
+            options={"require": REQUIRED_CLAIMS, "verify_aud": False},
+        )
+    except UnknownKeyError:
+        raise InvalidAccessToken("signed by no key of the key set") from None
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise InvalidAccessToken(type(exc).__name__) from None
+    if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("client_id"), str):
+        raise InvalidAccessToken("jti and client_id must be strings")
+    return claims

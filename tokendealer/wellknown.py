@@ -34,7 +34,7 @@ async def jwks() -> Response:
         "Cache-Control": f"public, max-age={state.settings.jwks_max_age}",
         "ETag": f'"{etag}"',
     }
-    if request.if_none_match.contains(etag):
+    if request.if_none_match.contains_weak(etag):  # RFC 9110 §13.1.2: weak comparison
         return Response(b"", status=304, headers=headers)
     return Response(body, content_type="application/json", headers=headers)
 
@@ -43,13 +43,19 @@ async def jwks() -> Response:
 async def metadata() -> Response:
     """RFC 8414 §2 metadata; ``response_types_supported`` is REQUIRED, and empty here."""
     settings = dealer_state(current_app).settings
+    auth_methods = ["client_secret_basic", "client_secret_post"]
     document = {
         "issuer": settings.issuer,
         "token_endpoint": settings.token_endpoint,
         "jwks_uri": settings.jwks_uri,
         "response_types_supported": [],
         "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        # RFC 8414 §2 (from RFC 7662 and RFC 7009): same client authentication as above.
+        "introspection_endpoint": f"{settings.issuer}/oauth/introspect",
+        "introspection_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint": f"{settings.issuer}/oauth/revoke",
+        "revocation_endpoint_auth_methods_supported": auth_methods,
     }
     return Response(
         json.dumps(document),
