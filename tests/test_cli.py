@@ -195,3 +195,10 @@ def test_bad_configuration_is_one_line_naming_the_variable(
 def test_python_dash_m_works(tmp_path: Path) -> None:
     result = subprocess.run([*TOKENDEALER, "--help"], capture_output=True, text=True, check=True)
     assert "serve" in result.stdout and "clients" in result.stdout and "keys" in result.stdout
+
+
+def test_revoke_takes_a_kid_that_starts_with_a_dash(cli) -> None:
+    """RFC 7638 thumbprints are base64url: a kid may look like an option."""
+    cli("keys", "list")
+    result = cli("keys", "revoke", "-Sb78uvsyFj6jOH6eJSpvJbDJD5EOLZZdMHn7hlAGh4", status=1)
+    assert "no key with kid '-Sb78uvsyFj6jOH6eJSpvJbDJD5EOLZZdMHn7hlAGh4'" in result.stderr

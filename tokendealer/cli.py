@@ -307,7 +307,18 @@ def keys_prune(leeway: int, as_json: bool) -> None:
     )
 
 
-@keys.command("revoke")
+class KidArgumentCommand(click.Command):
+    """A kid is base64url and may start with "-" (even "-h..."): any word that is
+    not one of the command's own options is the argument, never an option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        own = {name for param in self.get_params(ctx) for name in getattr(param, "opts", ())}
+        options = [arg for arg in args if arg in own and arg.startswith("-")]
+        rest = [arg for arg in args if arg not in options and arg != "--"]
+        return super().parse_args(ctx, [*options, "--", *rest])
+
+
+@keys.command("revoke", cls=KidArgumentCommand)
 @click.argument("kid")
 @click.option("--json", "as_json", is_flag=True)
 def keys_revoke(kid: str, as_json: bool) -> None:
