@@ -12,9 +12,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import DealerServer
+from tests.readme_support import readme_block, run_pasted
 from tokendealer.clients import ClientRegistry, IssuedSecret
 from tokendealer.state import dealer_state
 from tokendealer.tokens import access_token_claims
@@ -308,25 +306,9 @@ def test_the_operating_examples_work_pasted_as_written(
     dealer: DealerServer, tmp_path: Path
 ) -> None:
     """The README's "Operating it" bash block, against a real dealer."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    operating = readme[readme.index("## Operating it") :]
-    script = re.search(r"```bash\n(.*?)```", operating, re.S).group(1)
-    script = script.replace("127.0.0.1:5000", f"127.0.0.1:{dealer.port}")
-    activate = tmp_path / ".venv" / "bin" / "activate"
-    activate.parent.mkdir(parents=True)
-    activate.write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
     created = dealer.cli("clients", "create", "--name", "demo", "--audience", "jeeves", "--json")
     (tmp_path / "demo-client.json").write_text(created.stdout)
-
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=tmp_path,
-        env=dealer.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_pasted(readme_block("Operating it"), dealer, tmp_path, timeout=60)
     lines = result.stdout.splitlines()
     assert json.loads(lines[0])["active"] is True
     assert lines[1] == "revoke: 200"
