@@ -15,6 +15,7 @@ from . import (
     metrics,
     oauth,
     openapi,
+    overload,
     revocation,
     transport,
     wellknown,
@@ -94,7 +95,11 @@ def create_app(settings: Settings | None = None) -> Quart:
         openapi.blueprint,
     ):
         app.register_blueprint(blueprint)
-    app.asgi_app = metrics.instrument(transport.limit_head(app.asgi_app))  # type: ignore[method-assign]
+    # Outermost first: time and count everything (shed answers too), then shed
+    # load before anything reads the request, then bound the request head.
+    app.asgi_app = metrics.instrument(  # type: ignore[method-assign]
+        overload.shed_load(transport.limit_head(app.asgi_app), settings.max_inflight)
+    )
     return app
 
 

@@ -11,6 +11,11 @@ Series:
 - ``tokendealer_revocations_total{outcome}``, ``tokendealer_introspections_total{active}``.
 - ``tokendealer_request_duration_seconds{endpoint}``: latency histogram, and
   ``tokendealer_http_responses_total{endpoint, status}``.
+- ``tokendealer_inflight_requests`` (summed over live workers) and
+  ``tokendealer_shed_requests_total``: requests being served, and those
+  answered 503 at once because a worker already served
+  ``TOKENDEALER_MAX_INFLIGHT`` (see :mod:`tokendealer.overload`); the limit
+  itself is ``tokendealer_max_inflight`` (per worker).
 - ``tokendealer_signing_key_age_seconds``, ``tokendealer_next_key_age_seconds``,
   ``tokendealer_signing_key_info{kid, alg, state}``, ``tokendealer_keyset_stale``:
   the key set as the answering worker sees it (every worker follows the same
@@ -38,6 +43,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -100,6 +106,17 @@ RESPONSES = Counter(
     "tokendealer_http_responses",
     "HTTP responses by endpoint and status code.",
     ["endpoint", "status"],
+    registry=REGISTRY,
+)
+INFLIGHT = Gauge(
+    "tokendealer_inflight_requests",
+    "HTTP requests being served (probes and /metrics excluded), summed over live workers.",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+SHED = Counter(
+    "tokendealer_shed_requests",
+    "Requests answered 503 at once because the worker was at TOKENDEALER_MAX_INFLIGHT.",
     registry=REGISTRY,
 )
 
@@ -205,7 +222,7 @@ class KeySetCollector:
         yield info
 
 
-def exposition(keyring: KeyRing) -> bytes:
+def exposition(keyring: KeyRing, max_inflight: int | None = None) -> bytes:
     """The text exposition: every worker's samples (multiprocess) plus the key set."""
     if MULTIPROCESS:
         registry = CollectorRegistry()
@@ -214,7 +231,25 @@ def exposition(keyring: KeyRing) -> bytes:
         registry = REGISTRY
     keys = CollectorRegistry()
     keys.register(KeySetCollector(keyring))  # type: ignore[arg-type]
+    if max_inflight is not None:
+        keys.register(
+            _Constant(
+                GaugeMetricFamily(  # type: ignore[arg-type]
+                    "tokendealer_max_inflight",
+                    "TOKENDEALER_MAX_INFLIGHT: requests one worker serves at once before shedding.",
+                    value=max_inflight,
+                )
+            )
+        )
     return generate_latest(registry) + generate_latest(keys)
+
+
+class _Constant:
+    def __init__(self, family: GaugeMetricFamily) -> None:
+        self.family = family
+
+    def collect(self) -> Any:
+        yield self.family
 
 
 blueprint = Blueprint("metrics", __name__)
@@ -223,5 +258,6 @@ blueprint = Blueprint("metrics", __name__)
 @blueprint.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text format (version 0.0.4)."""
-    body = exposition(dealer_state(current_app).keyring)
+    state = dealer_state(current_app)
+    body = exposition(state.keyring, state.settings.max_inflight)
     return Response(body, content_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
