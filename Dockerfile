@@ -20,6 +20,9 @@ USER tokendealer
 VOLUME ["/app/keys", "/data"]
 EXPOSE 5000
 
+# SIGTERM drains (/readyz 503) for TOKENDEALER_DRAIN_DELAY, then finishes requests in flight
+# within TOKENDEALER_SHUTDOWN_GRACE: stop with `docker stop --time 30` (the default is 10 s).
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/healthz', timeout=2)"]
 CMD ["tokendealer", "serve", "--host", "0.0.0.0"]

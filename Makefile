@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: run test lint format clean bench bench-smoke
+.PHONY: run test lint format clean bench bench-smoke bench-scaleout
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: $(VENV)/.installed-test
 	      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1; }; }; } \
 	  || echo "bench: wrk could not be installed; using the bundled loader" >&2
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Tokens/s of the RS256 dealer with 1 and with 2 workers, unpinned (issue 8 item 4).
+bench-scaleout: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.scaleout $(BENCH_ARGS)
 
 # The same benchmark with tiny durations (< 2 min, part of make test): fails when a target
 # errors, answers anything but 2xx, or a token does not verify; timings never fail it.

@@ -65,6 +65,7 @@ def base_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "0"
     env["TOKENDEALER_SHUTDOWN_GRACE"] = "2"  # only how long stop() waits
+    env["TOKENDEALER_DRAIN_DELAY"] = "0"  # no load balancer to drain from
     return env
 
 
@@ -210,12 +211,12 @@ def _retried(start: Callable[[Path], Server], workdir: Path, name: str) -> Serve
     raise AssertionError("unreachable")
 
 
-def start_dealer(alg: str, workdir: Path, cpu: int | None) -> Server:
-    return _retried(lambda home: _start_dealer(alg, home, cpu), workdir, f"dealer-{alg}")
+def start_dealer(alg: str, workdir: Path, cpu: int | None, workers: int = 1) -> Server:
+    name = f"dealer-{alg}" if workers == 1 else f"dealer-{alg}-{workers}w"
+    return _retried(lambda home: _start_dealer(alg, home, cpu, workers, name), workdir, name)
 
 
-def _start_dealer(alg: str, home: Path, cpu: int | None) -> Server:
-    name = f"dealer-{alg}"
+def _start_dealer(alg: str, home: Path, cpu: int | None, workers: int, name: str) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = base_env()
@@ -261,7 +262,7 @@ def _start_dealer(alg: str, home: Path, cpu: int | None) -> Server:
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
     ]
     process, logs = _spawn(name, command, env, home, cpu)
     server = Server(

@@ -109,7 +109,14 @@ def keys_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(database_url: str, keys_dir: Path) -> Settings:
-    return Settings(issuer="http://dealer.test", database_url=database_url, keys_dir=keys_dir)
+    """In-process tests change clients and expect the next request to see it: no client
+    cache (tests/test_client_cache.py checks the cache on a real server)."""
+    return Settings(
+        issuer="http://dealer.test",
+        database_url=database_url,
+        keys_dir=keys_dir,
+        client_cache_ttl=0,
+    )
 
 
 @pytest.fixture
@@ -215,13 +222,15 @@ class DealerServer:
 
 
 def dealer_env(tmp_path: Path, database_url: str, port: int, **extra: str) -> dict[str, str]:
+    """A dealer's environment; no drain delay (fast teardown) unless ``extra`` sets one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
     env.update(
         TOKENDEALER_ISSUER=f"http://127.0.0.1:{port}",
         TOKENDEALER_DATABASE_URL=database_url,
         TOKENDEALER_KEYS_DIR=str(tmp_path / "keys"),
-        **extra,
+        TOKENDEALER_DRAIN_DELAY="0",
     )
+    env.update(extra)
     return env
 
 

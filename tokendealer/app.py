@@ -12,6 +12,7 @@ from . import (
     errors,
     health,
     introspection,
+    lifecycle,
     metrics,
     oauth,
     openapi,
@@ -20,6 +21,7 @@ from . import (
     transport,
     wellknown,
 )
+from .clientcache import ClientCache
 from .clients import ClientRegistry
 from .config import Settings
 from .db import create_engine, migrate
@@ -31,22 +33,23 @@ from .state import EXTENSION, DealerState
 
 log = logging.getLogger("tokendealer")
 
-MAX_BODY_BYTES = 64 * 1024  # a token request is a few hundred bytes
-
 
 def create_app(settings: Settings | None = None) -> Quart:
     """A dealer app; resources with a lifetime open in ``before_serving``."""
     settings = settings or Settings.from_env()
     app = Quart("tokendealer")
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, BODY_TIMEOUT=10)
+    # The same body limits for the Quart endpoints as for the token endpoint's own reading.
+    app.config.update(MAX_CONTENT_LENGTH=oauth.MAX_BODY_BYTES, BODY_TIMEOUT=oauth.BODY_TIMEOUT)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     engine = create_engine(settings.database_url, settings.db_timeout)
     store = KeyStore(settings.keys_dir, settings.key_passphrase)
+    registry = ClientRegistry(engine)
     state = DealerState(
         settings=settings,
         engine=engine,
-        registry=ClientRegistry(engine),
+        registry=registry,
+        clients=ClientCache(registry, settings.client_cache_ttl),
         keyring=KeyRing(store, settings.keys_reload_interval),
         revocations=RevocationList(engine),
         limiter=FailureLimiter(
@@ -86,7 +89,6 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     errors.register(app)
     for blueprint in (
-        oauth.blueprint,
         introspection.blueprint,
         revocation.blueprint,
         wellknown.blueprint,
@@ -95,10 +97,16 @@ def create_app(settings: Settings | None = None) -> Quart:
         openapi.blueprint,
     ):
         app.register_blueprint(blueprint)
-    # Outermost first: time and count everything (shed answers too), then shed
-    # load before anything reads the request, then bound the request head.
-    app.asgi_app = metrics.instrument(  # type: ignore[method-assign]
-        overload.shed_load(transport.limit_head(app.asgi_app), settings.max_inflight)
+    # Outermost first: Connection: close on every answer while draining, time and
+    # count everything (shed answers too), then shed load before anything reads
+    # the request, then bound the request head.
+    app.asgi_app = lifecycle.middleware(  # type: ignore[method-assign]
+        metrics.instrument(
+            overload.shed_load(
+                transport.limit_head(oauth.serve_token_endpoint(app.asgi_app, state)),
+                settings.max_inflight,
+            )
+        )
     )
     return app
 

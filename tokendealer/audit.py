@@ -23,6 +23,7 @@ caller chose (a client id that failed, a requested scope) are cut to
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -36,9 +37,16 @@ def _cut(value: str | None) -> str | None:
     return value if value is None or len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
 
 
+@functools.lru_cache(maxsize=2)
+def _second(epoch_second: int) -> str:
+    """The formatted second, once per second (strftime is most of a line's cost)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
+
+
 def _now() -> str:
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    second = int(now)
+    return f"{_second(second)}.{int((now - second) * 1000):03d}Z"
 
 
 def record(

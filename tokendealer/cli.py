@@ -238,6 +238,9 @@ def _guard(action: Callable[[], T]) -> T:
         return action()
     except KeySetError as exc:
         fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only key dir: the write is all or nothing
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"cannot read or write the key set: {exc.strerror or exc}{where}")
 
 
 @keys.command("list")

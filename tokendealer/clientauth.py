@@ -40,12 +40,12 @@ class MalformedCredentials(Exception):
     """Credentials that cannot be right whatever the secret (bad Basic encoding)."""
 
 
-def client_credentials(form: Form) -> tuple[str, str, str] | None:
+def client_credentials(form: Form, header: str | None) -> tuple[str, str, str] | None:
     """RFC 6749 §2.3.1: (client_id, secret, method), or None when none were sent.
 
-    Exactly one method per request (§2.3: "MUST NOT use more than one").
+    ``header`` is the Authorization header. Exactly one method per request
+    (§2.3: "MUST NOT use more than one").
     """
-    header = request.headers.get("Authorization")
     form_id, form_secret = one(form, "client_id"), one(form, "client_secret")
     if header is not None:
         if form_secret is not None:
@@ -77,18 +77,33 @@ def parse_basic(header: str) -> tuple[str, str]:
         raise MalformedCredentials("malformed HTTP Basic credentials") from None
 
 
-def request_source(state: DealerState) -> str:
-    return source_address(
+async def authenticate_request(state: DealerState, form: Form, endpoint: str) -> Caller:
+    """:func:`authenticate_client` for the current Quart request."""
+    source = source_address(
         request.scope, request.headers.getlist("X-Forwarded-For"), state.settings.trusted_proxies
     )
+    authorization = request.headers.get("Authorization")
+    return await authenticate_client(state, form, endpoint, authorization, source, cached=False)
 
 
-async def authenticate_client(state: DealerState, form: Form, endpoint: str) -> Caller:
-    """The calling client, or an :class:`OAuthError` (401, 429, 400 or 503)."""
-    source = request_source(state)
+async def authenticate_client(
+    state: DealerState,
+    form: Form,
+    endpoint: str,
+    authorization: str | None,
+    source: str,
+    cached: bool = True,
+) -> Caller:
+    """The calling client, or an :class:`OAuthError` (401, 429, 400 or 503).
+
+    ``authorization`` is the request's Authorization header, ``source`` its
+    address as :func:`tokendealer.address.source_address` tells it. ``cached``:
+    the client record may come from :mod:`tokendealer.clientcache` (the token
+    endpoint); introspection and revocation are rare and read the database.
+    """
     bucket = limit_key(source)
     try:
-        credentials = client_credentials(form)
+        credentials = client_credentials(form, authorization)
     except MalformedCredentials as exc:
         await _failed(state, endpoint, source, bucket, None, "malformed_credentials", str(exc))
     if credentials is None:
@@ -97,7 +112,8 @@ async def authenticate_client(state: DealerState, form: Form, endpoint: str) -> 
     client_id, secret, method = credentials
     if blocked := state.limiter.blocked(client_id, bucket):
         _rate_limited(endpoint, source, client_id, blocked)
-    client, reason = await state.db_call(state.registry.identify(client_id, secret))
+    registry = state.clients if cached else state.registry
+    client, reason = await state.db_call(registry.identify(client_id, secret))
     if client is None:
         await _failed(state, endpoint, source, bucket, client_id, reason)
     if not client.enabled:

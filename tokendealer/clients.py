@@ -27,7 +27,7 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_urlsafe mak
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # A digest no secret produces, compared against when the client id is unknown,
 # so that an unknown id costs the same as a wrong secret.
-_DUMMY_DIGEST = hashlib.sha256(b"tokendealer: no such client").hexdigest()
+DUMMY_DIGEST = hashlib.sha256(b"tokendealer: no such client").hexdigest()
 
 
 class ClientError(Exception):
@@ -109,7 +109,7 @@ class Client(Base):
             and self.previous_secret_expires_at is not None
             and (now or _now()) < self.previous_secret_expires_at
         )
-        previous = hmac.compare_digest(offered, self.previous_secret_digest or _DUMMY_DIGEST)
+        previous = hmac.compare_digest(offered, self.previous_secret_digest or DUMMY_DIGEST)
         return current or (previous and previous_valid)
 
     def public_facts(self) -> dict[str, Any]:
@@ -244,7 +244,7 @@ class ClientRegistry:
         Both failures cost the same digest and comparison."""
         client = await self.find(client_id)
         if client is None:
-            hmac.compare_digest(digest_secret(secret), _DUMMY_DIGEST)
+            hmac.compare_digest(digest_secret(secret), DUMMY_DIGEST)
             return None, "unknown_client"
         if not client.secret_matches(secret):
             return None, "wrong_secret"

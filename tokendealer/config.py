@@ -44,7 +44,13 @@ class Settings:
     auth_failure_limit_per_address: str = "100/minute"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     shutdown_grace: float = 20.0
+    # Seconds between SIGTERM (readyz turns 503) and the workers stopping: time for a
+    # load balancer polling readyz to stop sending new requests here.
+    drain_delay: float = 5.0
     max_inflight: int = 512
+    # Seconds a worker answers from its copy of a client record (tokendealer.clientcache):
+    # the bound on how long disable / rotate-secret / delete take to reach every replica.
+    client_cache_ttl: float = 2.0
 
     @property
     def token_endpoint(self) -> str:
@@ -129,8 +135,17 @@ class Settings:
                 defaults.shutdown_grace,
                 "seconds, 0 to 3600",
             ),
+            drain_delay=get(
+                "DRAIN_DELAY", _float_between(0, 300), defaults.drain_delay, "seconds, 0 to 300"
+            ),
             max_inflight=get(
                 "MAX_INFLIGHT", _int_between(1, 100000), defaults.max_inflight, "1 to 100000"
+            ),
+            client_cache_ttl=get(
+                "CLIENT_CACHE_TTL",
+                _float_between(0, 5),
+                defaults.client_cache_ttl,
+                "seconds, 0 (no cache) to 5 (client changes must apply within 5 s)",
             ),
         )
 

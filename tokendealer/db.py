@@ -1,8 +1,9 @@
 """The database engine and its schema migrations (alembic).
 
-``migrate`` brings any database to the newest schema. On PostgreSQL it runs
-under a transaction-scoped advisory lock, so replicas starting together
-migrate one at a time and the later ones find nothing left to do.
+``migrate`` brings any database to the newest schema in one transaction. On
+PostgreSQL it runs under a transaction-scoped advisory lock, so replicas
+starting together migrate one at a time and the later ones find nothing left
+to do; on SQLite the transaction takes the write lock first, to the same end.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ async def migrate(engine: AsyncEngine) -> None:
             await connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_ID}
             )
+        elif connection.dialect.name == "sqlite":
+            # Python's sqlite3 commits each CREATE TABLE on its own unless a transaction
+            # is open: one explicit write transaction makes the migration all-or-nothing
+            # (a crash mid-way leaves no half schema) and serialises concurrent starts.
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
         await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
 
 

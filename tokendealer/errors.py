@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from quart import Quart, Response, jsonify, request
@@ -17,6 +17,8 @@ from werkzeug.exceptions import HTTPException
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 BASIC_CHALLENGE = 'Basic realm="tokendealer", charset="UTF-8"'
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = Iterable[tuple[bytes, bytes]]
 
 
 class OAuthError(Exception):
@@ -76,18 +78,35 @@ def render(error: OAuthError) -> Response:
     return response
 
 
-async def send_asgi(send: Callable[[dict[str, Any]], Awaitable[None]], error: OAuthError) -> None:
-    """The same JSON answer as :func:`render`, for ASGI middleware that answers before the app."""
-    body = json.dumps({"error": error.error, "error_description": error.description}).encode()
+JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"application/json"),
+    (b"x-content-type-options", b"nosniff"),
+)
+NO_STORE_ASGI = tuple((name.lower().encode(), value.encode()) for name, value in NO_STORE.items())
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Headers = ()) -> None:
+    """One complete ASGI response: ``body`` (encoded JSON) with its length and ``headers``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_asgi(send: Send, error: OAuthError) -> None:
+    """The same JSON answer as :func:`render`, for ASGI callables that answer without Quart."""
+    body = json.dumps(
+        {"error": error.error, "error_description": error.description}, separators=(",", ":")
+    ).encode()
     headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"x-content-type-options", b"nosniff"),
-        *((name.lower().encode(), value.encode()) for name, value in NO_STORE.items()),
+        *NO_STORE_ASGI,
         *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
     ]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, error.status, body, headers)
 
 
 def _http_error(exc: HTTPException) -> Response:

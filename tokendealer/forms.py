@@ -20,12 +20,15 @@ REPEATABLE = frozenset({"resource"})
 Form = dict[str, list[str]]
 
 
-async def read_form() -> Form:
+def is_form_content_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header names the form media type (parameters ignored)."""
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() == FORM_CONTENT_TYPE
+
+
+def parse_form(body: bytes) -> Form:
     """RFC 6749 §3.2 / Appendix B: a UTF-8 form body; blank values count as omitted."""
-    mimetype = request.mimetype
-    if mimetype != FORM_CONTENT_TYPE:
-        raise invalid_request(f"the body must be {FORM_CONTENT_TYPE}")
-    body = await request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH
     try:
         pairs = parse_qsl(
             body.decode("utf-8"),
@@ -39,11 +42,21 @@ async def read_form() -> Form:
         raise invalid_request("too many form fields") from None
     form: Form = {}
     for name, value in pairs:
-        form.setdefault(name, []).append(value)
-    for name, values in form.items():
-        if len(values) > 1 and name not in REPEATABLE:
+        values = form.get(name)
+        if values is None:
+            form[name] = [value]
+        elif name in REPEATABLE:
+            values.append(value)
+        else:
             raise invalid_request(f"parameter {name!r} is repeated")
     return form
+
+
+async def read_form() -> Form:
+    """The form body of the current Quart request (see :func:`parse_form`)."""
+    if not is_form_content_type(request.headers.get("Content-Type")):
+        raise invalid_request(f"the body must be {FORM_CONTENT_TYPE}")
+    return parse_form(await request.get_data(cache=False))  # 413 past MAX_CONTENT_LENGTH
 
 
 def one(form: Form, name: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app, jsonify
 
+from . import lifecycle
 from .db import ping
 from .state import dealer_state
 
@@ -18,7 +19,12 @@ async def healthz() -> Response:
 
 @blueprint.get("/readyz")
 async def readyz() -> tuple[Response, int]:
-    """Readiness: the database answers and a signing key is loaded."""
+    """Readiness: the database answers, a signing key is loaded, and we are not draining.
+
+    While draining (after SIGTERM, see :mod:`tokendealer.lifecycle`) the answer is
+    503 ``"status": "draining"`` even though requests are still served: a load
+    balancer polling this stops sending new ones before the workers stop.
+    """
     state = dealer_state(current_app)
     checks: dict[str, str] = {}
     try:
@@ -34,4 +40,6 @@ async def readyz() -> tuple[Response, int]:
         checks["keys"] = "ok"
     ready = checks["database"] == "ok" and state.keyring.loaded
     checks["status"] = "ready" if ready else "unavailable"
+    if lifecycle.state.draining:
+        ready, checks["status"] = False, "draining"
     return jsonify(checks), 200 if ready else 503

@@ -19,7 +19,7 @@ from typing import Any
 from quart import Blueprint, Response, current_app, jsonify
 
 from . import metrics
-from .clientauth import authenticate_client
+from .clientauth import authenticate_request
 from .errors import NO_STORE, invalid_request
 from .forms import one, read_form
 from .state import DealerState, dealer_state
@@ -50,7 +50,7 @@ async def introspect() -> Response:
     """RFC 7662 §2.1 request -> §2.2 response; §2.3 errors for the caller's own faults."""
     state = dealer_state(current_app)
     form = await read_form()
-    await authenticate_client(state, form, "introspect")
+    await authenticate_request(state, form, "introspect")
     token = one(form, "token")
     if token is None:
         raise invalid_request("token is required (RFC 7662 §2.1)")

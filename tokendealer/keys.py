@@ -11,7 +11,10 @@ The whole set lives in one JSON file written atomically (temp file, fsync,
 rename, fsync of the directory) with mode 0600, so a reader sees the old set or
 the new one, never half of either. Writers take an exclusive ``flock`` on
 ``.lock`` in the same directory, so concurrent ``keys rotate`` runs (or
-replicas starting together on a shared volume) serialise instead of racing.
+replicas starting together on a shared volume) serialise instead of racing; the
+kernel drops a ``flock`` with its process, so a writer that crashed leaves no
+stale lock. A writer killed before its rename leaves only its temp file, which
+no reader opens and the next writer removes.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .config import SIGNING_ALGORITHMS
 
 KEYSET_FILE = "keyset.json"
 LOCK_FILE = ".lock"
+TEMP_PREFIX, TEMP_SUFFIX = ".keyset-", ".tmp"  # a write in progress, or a crashed one
 FORMAT = "tokendealer-keyset/1"
 RSA_KEY_BITS = 2048
 
@@ -392,10 +396,18 @@ class KeyStore:
             return revoked, after
 
     def _write(self, keyset: KeySet) -> None:
-        """Atomic replace: temp file (0600) in the same dir, fsync, rename, fsync the dir."""
+        """Atomic replace: temp file (0600) in the same dir, fsync, rename, fsync the dir.
+
+        Called under the directory lock only, so any other temp file here is the
+        leftover of a writer killed before its rename (SIGKILL, power loss). It
+        holds copies of private keys, perhaps of one revoked or pruned since: it goes.
+        """
         data = serialize_keyset(keyset, self.passphrase)
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".keyset-", suffix=".tmp", dir=self.directory)
+        for leftover in self.directory.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.directory)
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as handle:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, current_app
 
 from . import audit, metrics
-from .clientauth import authenticate_client
+from .clientauth import authenticate_request
 from .errors import NO_STORE, OAuthError, invalid_request
 from .forms import one, read_form
 from .state import dealer_state
@@ -36,7 +36,7 @@ async def revoke() -> Response:
     """RFC 7009 §2.1 request -> §2.2 response (§2.2.1 errors)."""
     state = dealer_state(current_app)
     form = await read_form()
-    caller = await authenticate_client(state, form, "revoke")
+    caller = await authenticate_request(state, form, "revoke")
     token = one(form, "token")
     if token is None:
         raise invalid_request("token is required (RFC 7009 §2.1)")

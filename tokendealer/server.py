@@ -7,7 +7,9 @@ advisory lock) never each create their own key set or race a migration.
 
 ``hypercorn_config`` also sets the transport limits (see :data:`TRANSPORT_LIMITS`)
 and the logging of each worker; ``run_server`` gives the workers a fresh
-prometheus-client multiprocess directory, removed when the server exits.
+prometheus-client multiprocess directory, removed when the server exits, and
+runs them under :class:`tokendealer.supervisor.Supervisor` (graceful shutdown
+with a drain delay, respawn of a worker that died).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from hypercorn.config import Config
-from hypercorn.run import run
 
 from .config import Settings
 from .db import create_engine, migrate
 from .keys import KeyStore
+from .supervisor import Supervisor
 
 log = logging.getLogger("tokendealer")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client in each worker
@@ -134,9 +136,20 @@ def run_server(
     certfile: str | None = None,
     keyfile: str | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; returns hypercorn's exit status."""
-    with metrics_directory():
-        return run(hypercorn_config(settings, host, port, workers, certfile, keyfile))
+    """Serve until SIGTERM (after the drain delay) or SIGINT; 0: every worker stopped cleanly."""
+    config = hypercorn_config(settings, host, port, workers, certfile, keyfile)
+    with metrics_directory() as directory:
+        supervisor = Supervisor(
+            config, settings.drain_delay, on_worker_exit=lambda pid: forget_worker(directory, pid)
+        )
+        return supervisor.run()
+
+
+def forget_worker(directory: str, pid: int) -> None:
+    """Drop an exited worker's live gauges (``tokendealer_inflight_requests``) from the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .clientcache import ClientCache
 from .clients import ClientRegistry
 from .config import Settings
 from .errors import temporarily_unavailable
@@ -29,6 +30,7 @@ class DealerState:
     settings: Settings
     engine: AsyncEngine
     registry: ClientRegistry
+    clients: ClientCache  # the registry through a short-lived cache, for authentication
     keyring: KeyRing
     revocations: RevocationList
     limiter: FailureLimiter
