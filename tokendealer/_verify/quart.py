@@ -4,25 +4,37 @@
 ``TokenUser`` that verifies it on first ask; ``require_token`` guards a route,
 ``current_token`` holds its claims. Every refusal is rendered by
 ``TokenAuth.challenge`` (RFC 6750 §3).
+
+The hit path, a token the verifier has already checked: read the header,
+hash the token and look it up (``TokenVerifier._lookup``: one dict lookup
+and a comparison with the stored ``exp``), then a frozenset comparison for
+the scopes. No coroutine is awaited, nothing is parsed, and quart-auth's
+per-request ``after_request`` hook is not installed (in bearer mode it only
+warned about login/logout/renew, which ``TokenUser`` now does when they
+happen).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
+from contextvars import ContextVar
 from functools import wraps
+from inspect import iscoroutinefunction
 from typing import Any, ParamSpec, TypeVar
 
 import quart_auth
-from quart import Quart, Response, current_app, has_request_context, has_websocket_context
+from quart import Quart, Response, current_app, g, has_request_context, has_websocket_context
 from quart import request as _request
 from quart import websocket as _websocket
 from werkzeug.exceptions import Forbidden
 from werkzeug.local import LocalProxy
 
 from tokendealer._verify.errors import InvalidToken
-from tokendealer._verify.verifier import TokenVerifier
+from tokendealer._verify.verifier import TokenVerifier, _Verified
 
 __all__ = ["InsufficientScope", "TokenAuth", "TokenUser", "current_token", "require_token"]
 
@@ -30,6 +42,9 @@ log = logging.getLogger("tokendealer.verify")  # the public module's name: one l
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+#: ``app.extensions`` key of an app's (first) ``TokenAuth``: one dict lookup per request.
+_EXTENSION = "tokendealer.verify"
 
 
 class InsufficientScope(Forbidden):
@@ -48,7 +63,8 @@ class TokenUser(quart_auth.AuthUser):
     """The quart-auth user of a request: its bearer token, verified on first ask.
 
     ``auth_id`` is the client id (``sub``) once verified; ``claims`` the
-    verified claims; ``error`` why verification failed.
+    verified claims (the request's own copy); ``scopes`` their ``scope`` as a
+    frozenset; ``error`` why verification failed.
     """
 
     def __init__(
@@ -64,7 +80,20 @@ class TokenUser(quart_auth.AuthUser):
         self._verifier = verifier
         self.claims: dict[str, Any] | None = None
         self.error: InvalidToken | None = None
+        self._entry: _Verified | None = None
         self._checked = False
+
+    @property
+    def action(self) -> quart_auth.Action:
+        return self._action
+
+    @action.setter
+    def action(self, value: quart_auth.Action) -> None:
+        # quart-auth's login_user/logout_user/renew_login set this; bearer tokens have no
+        # session to change (quart-auth warned in an after_request hook TokenAuth drops).
+        if value is not quart_auth.Action.PASS:
+            warnings.warn("login/logout/renew have no effect in bearer mode", stacklevel=2)
+        self._action = value
 
     @property
     def auth_id(self) -> str | None:
@@ -77,17 +106,24 @@ class TokenUser(quart_auth.AuthUser):
     @property
     def scopes(self) -> frozenset[str]:
         """RFC 9068 §2.2.3.1 / RFC 8693 §4.2: space-separated ``scope``."""
+        if self._entry is not None:
+            return self._entry.scopes
         return frozenset((self.claims or {}).get("scope", "").split())
 
     async def load_claims(self) -> dict[str, Any] | None:
         """Verify the token once per request; None if absent or invalid."""
         if not self._checked and self.token is not None and self._verifier is not None:
             self._checked = True
-            try:
-                self.claims = await self._verifier.verify(self.token)
-            except InvalidToken as exc:
-                self.error = exc
-                log.debug("rejected token: %s (%s)", type(exc).__name__, exc)
+            entry = self._verifier._lookup(self.token)  # a hit: no await, no parsing
+            if entry is None:
+                try:
+                    entry = await self._verifier._check(self.token)
+                except InvalidToken as exc:
+                    self.error = exc
+                    log.debug("rejected token: %s (%s)", type(exc).__name__, exc)
+                    return None
+            self._entry = entry
+            self.claims = dict(entry.claims)  # the cache's own claims are never handed out
         return self.claims
 
 
@@ -154,6 +190,13 @@ class TokenAuth(quart_auth.QuartAuth):
 
     def init_app(self, app: Quart) -> None:
         super().init_app(app)
+        app.extensions.setdefault(_EXTENSION, self)
+        # quart-auth's after_request/after_websocket only write cookies, or in bearer mode
+        # warn about login/logout (TokenUser.action does that now): not a hook per request.
+        with suppress(KeyError, ValueError):
+            app.after_request_funcs[None].remove(self.after_request)
+        with suppress(KeyError, ValueError):
+            app.after_websocket_funcs[None].remove(self.after_websocket)
         app.register_error_handler(InsufficientScope, self._forbidden)
         app.register_error_handler(_BearerUnauthorized, self._unauthorized)
         if self.singleton:  # quart-auth's login_required raises the plain one
@@ -172,7 +215,15 @@ class TokenAuth(quart_auth.QuartAuth):
         return self.user_class(None, token=_bearer_token(), verifier=self.verifier)
 
     def load_user(self) -> TokenUser:
-        user = super().load_user()
+        """The request's user, made on first ask and kept in ``g`` (as quart-auth does)."""
+        if has_request_context() or has_websocket_context():
+            store = g._get_current_object()  # one context lookup, not one per access
+            user = store.get(self.attribute_name)  # (getattr would raise and catch when unset)
+            if user is None:
+                user = self.resolve_user()
+                setattr(store, self.attribute_name, user)
+        else:
+            user = self.user_class(None)
         assert isinstance(user, TokenUser)
         return user
 
@@ -212,10 +263,10 @@ class TokenAuth(quart_auth.QuartAuth):
 
 
 def _token_auth() -> TokenAuth:
-    for extension in current_app.extensions.get("QUART_AUTH", ()):
-        if isinstance(extension, TokenAuth):
-            return extension
-    raise RuntimeError("require_token/current_token need TokenAuth(app, verifier)")
+    auth = current_app.extensions.get(_EXTENSION)
+    if auth is None:
+        raise RuntimeError("require_token/current_token need TokenAuth(app, verifier)")
+    return auth
 
 
 def require_token(
@@ -230,24 +281,38 @@ def require_token(
     if len(scopes) == 1 and callable(scopes[0]):
         return require_token()(scopes[0])
     needed = tuple(dict.fromkeys(s for scope in scopes for s in str(scope).split()))
+    needed_set = frozenset(needed)
 
     def decorator(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        is_async = iscoroutinefunction(func)
+
         @wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             user = _token_auth().load_user()
             if await user.load_claims() is None:
                 raise _BearerUnauthorized()
-            if not set(needed) <= user.scopes:
+            if not needed_set <= user.scopes:
                 raise InsufficientScope(needed)
-            return await current_app.ensure_async(func)(*args, **kwargs)
+            reset = _route_user.set(user)  # current_token without another lookup
+            try:
+                if is_async:
+                    return await func(*args, **kwargs)
+                return await current_app.ensure_async(func)(*args, **kwargs)
+            finally:
+                _route_user.reset(reset)
 
         return wrapper
 
     return decorator
 
 
+#: The user of the route ``require_token`` is running (set only for the call).
+_route_user: ContextVar[TokenUser | None] = ContextVar("tokendealer_route_user", default=None)
+
+
 def _current_claims() -> Mapping[str, Any]:
-    claims = _token_auth().load_user().claims
+    user = _route_user.get()
+    claims = (user or _token_auth().load_user()).claims
     if claims is None:
         raise RuntimeError(
             "current_token is only set in routes behind require_token/login_required"

@@ -3,6 +3,13 @@
 Header checks (RFC 8725, RFC 9068 §4), then signature and claims through
 PyJWT with the key the JWKS cache (``jwks``) has for the header's ``kid``,
 then what PyJWT leaves unchecked; tokens that passed are remembered.
+
+The verified-token cache is what makes a protected route cheap: a token is
+checked in full (header, key, signature, claims) once, then answered from an
+entry keyed by its SHA-256 until its ``exp`` (+ leeway): one dictionary
+lookup, one comparison with a stored number, one check that its key is still
+published. ``TokenAuth`` uses that lookup directly (``_lookup``), so a request
+with a known token parses nothing and awaits nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -74,10 +81,23 @@ def _unverified_header(token: str) -> dict[str, Any]:
 
 
 class _OnJWKS:
-    """A verifier attribute that lives on its JWKS cache, so setting it reaches the cache."""
+    """A verifier attribute that lives on its JWKS cache, so setting it reaches the cache.
 
-    def __init__(self, name: str | None = None) -> None:
+    ``forgets``: the setting decides whether a token is valid (issuer, algorithms), so
+    changing it empties the verified-token cache. ``check`` validates (and normalises)
+    a new value the way the constructor does.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        forgets: bool = False,
+        check: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.name = name
+        self.forgets = forgets
+        self.check = check
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = self.name or name
@@ -86,7 +106,29 @@ class _OnJWKS:
         return self if verifier is None else getattr(verifier._jwks, self.name)
 
     def __set__(self, verifier: TokenVerifier, value: Any) -> None:
+        if self.check is not None:
+            value = self.check(value)
         setattr(verifier._jwks, self.name, value)
+        if self.forgets:
+            verifier.forget()
+
+
+class _Verified:
+    """An entry of the verified-token cache: what a cache hit needs, computed once.
+
+    ``claims`` are the verified claims (never handed out: callers get copies),
+    ``scopes`` the RFC 9068 §2.2.3 ``scope`` as a frozenset, ``until`` the
+    ``exp`` + leeway past which PyJWT would refuse the token (RFC 7519 §4.1.4),
+    ``kid`` the key that signed it.
+    """
+
+    __slots__ = ("claims", "kid", "scopes", "until")
+
+    def __init__(self, claims: dict[str, Any], kid: str, leeway: float) -> None:
+        self.claims = claims
+        self.kid = kid
+        self.scopes = frozenset(claims.get("scope", "").split())
+        self.until = float(claims["exp"]) + leeway
 
 
 class TokenVerifier:
@@ -103,14 +145,19 @@ class TokenVerifier:
     are in ``tokendealer._verify.jwks``.
 
     Verified-token cache (``cache_size`` entries, 0 disables): a token that
-    passed is remembered under its SHA-256 until ``exp`` + ``leeway``, and only
-    while its key is still in the JWKS (a revoked key stops its cached tokens
-    at the next refetch). Failures are never cached.
+    passed is remembered under its SHA-256 (never the token itself) until
+    ``exp`` + ``leeway``, and only while its key is still in the JWKS (a revoked
+    key stops its cached tokens at the next refetch). Failures are never
+    cached. Past ``cache_size`` the least recently used entry goes. Changing
+    ``issuer``, ``audience``, ``algorithms`` or ``leeway`` empties it, as does
+    ``forget()``. A hit checks neither signature nor claims again, so it answers
+    exactly as a full check would until ``until``: ``nbf`` and ``iat`` only
+    become more valid with time, and ``exp`` is the stored ``until``.
     """
 
     # Settings the JWKS cache uses too: they live there and are read and set here.
-    issuer = _OnJWKS()
-    algorithms = _OnJWKS()
+    issuer = _OnJWKS(forgets=True)
+    algorithms = _OnJWKS(forgets=True, check=_allowed)
     refetch_cooldown = _OnJWKS()
     min_cache_ttl = _OnJWKS()
     max_cache_ttl = _OnJWKS()
@@ -139,6 +186,7 @@ class TokenVerifier:
     ) -> None:
         if not issuer or not audience:
             raise ValueError("issuer and audience are required")
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._jwks = JWKSCache(
             issuer,
             _allowed(algorithms),
@@ -150,11 +198,28 @@ class TokenVerifier:
             default_cache_ttl=default_cache_ttl,
             timeout=timeout,
         )
-        self.audience = audience
-        self.leeway = float(leeway)
+        self._audience = audience
+        self._leeway = float(leeway)
         self.max_token_size = max_token_size
         self.cache_size = cache_size
-        self._verified: OrderedDict[bytes, tuple[dict[str, Any], str, float]] = OrderedDict()
+
+    @property
+    def audience(self) -> str:
+        return self._audience
+
+    @audience.setter
+    def audience(self, value: str) -> None:
+        self._audience = value
+        self.forget()
+
+    @property
+    def leeway(self) -> float:
+        return self._leeway
+
+    @leeway.setter
+    def leeway(self, value: float) -> None:
+        self._leeway = float(value)
+        self.forget()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -188,20 +253,48 @@ class TokenVerifier:
 
     async def verify(self, token: str | bytes) -> dict[str, Any]:
         """The claims of a valid access token; raises ``InvalidToken`` otherwise."""
+        return dict((await self._check(token)).claims)
+
+    async def _check(self, token: str | bytes) -> _Verified:
+        """The cache entry of a valid access token (found or made); raises ``InvalidToken``.
+
+        Its ``claims`` are the cache's own: read them, copy them, never change them.
+        """
         text = self._as_text(token)
         digest = hashlib.sha256(text.encode("ascii")).digest()
-        cached = self._cached(digest)
-        if cached is not None:
-            return cached
+        entry = self._hit(digest)
+        if entry is not None:
+            return entry
         header = _unverified_header(text)
         alg, kid = self._check_header(header)
         key = await self._jwks.key_for(kid)
         if key.algorithm_name != alg:
             # RFC 8725 §3.1: the key's own algorithm decides, not the header.
             raise DisallowedAlgorithm(f"key {kid!r} is for {key.algorithm_name}, token says {alg}")
-        claims = self._decode(text, key, alg)
-        self._remember(digest, claims, kid)
-        return dict(claims)
+        entry = _Verified(self._decode(text, key, alg), kid, self.leeway)
+        if self.cache_size > 0:
+            self._verified[digest] = entry
+            while len(self._verified) > self.cache_size:
+                self._verified.popitem(last=False)  # the least recently used
+        return entry
+
+    def _lookup(self, token: str) -> _Verified | None:
+        """The entry of a token verified before and still valid, else None; never raises.
+
+        The hit path without a coroutine: None only means "ask ``_check``", which
+        gives the answer (and the reason of a refusal).
+        """
+        if len(token) > self.max_token_size:
+            return None
+        try:
+            digest = hashlib.sha256(token.encode("ascii")).digest()
+        except UnicodeEncodeError:
+            return None
+        return self._hit(digest)
+
+    def forget(self) -> None:
+        """Empty the verified-token cache: every token is checked in full again."""
+        self._verified.clear()
 
     def _as_text(self, token: str | bytes) -> str:
         """Bound the size before any parsing (a cheap guard against huge inputs)."""
@@ -273,19 +366,15 @@ class TokenVerifier:
 
     # -- verified-token cache ----------------------------------------------
 
-    def _cached(self, digest: bytes) -> dict[str, Any] | None:
+    def _hit(self, digest: bytes) -> _Verified | None:
+        """A live entry (now the most recently used); a stale one is dropped."""
         entry = self._verified.get(digest)
         if entry is None:
             return None
-        claims, kid, until = entry
-        if time.time() >= until or self._jwks.known(kid) is None:
-            del self._verified[digest]
-            return None
-        return dict(claims)
-
-    def _remember(self, digest: bytes, claims: dict[str, Any], kid: str) -> None:
-        if self.cache_size <= 0:
-            return
-        self._verified[digest] = (claims, kid, float(claims["exp"]) + self.leeway)
-        while len(self._verified) > self.cache_size:
-            self._verified.popitem(last=False)
+        # PyJWT refuses once exp <= now - leeway, i.e. from ``until`` on. ``known`` also
+        # starts the scheduled JWKS refresh, so a revoked key reaches cached tokens too.
+        if time.time() < entry.until and self._jwks.known(entry.kid) is not None:
+            self._verified.move_to_end(digest)
+            return entry
+        del self._verified[digest]
+        return None
