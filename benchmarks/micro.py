@@ -14,6 +14,8 @@ call (and calls per second):
   call checks signature and claims against the cached key.
 * ``ClientRegistry.authenticate (SQLite)``: id and secret checked against a
   client in a fresh SQLite file (migrated as ``serve`` does).
+* ``ClientCache.identify, cache hit``: the same check as the token endpoint
+  makes it, from the client record cache (a digest and two comparisons).
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ async def verifying(seconds: float, repeats: int) -> list[dict[str, Any]]:
 
 
 async def client_lookup(seconds: float, repeats: int) -> list[dict[str, Any]]:
+    from tokendealer.clientcache import ClientCache
     from tokendealer.clients import ClientRegistry
     from tokendealer.db import create_engine, migrate
 
@@ -195,13 +198,21 @@ async def client_lookup(seconds: float, repeats: int) -> list[dict[str, Any]]:
             client_id, secret = issued.client.client_id, issued.secret
             assert await registry.authenticate(client_id, secret) is not None
             assert await registry.authenticate(client_id, secret + "x") is None
+            cache = ClientCache(registry, ttl=3600)  # the dealer's token path
+            assert (await cache.identify(client_id, secret))[1] == "ok"
             return [
                 await bench_async(
                     "ClientRegistry.authenticate (SQLite)",
                     lambda: registry.authenticate(client_id, secret),
                     seconds,
                     repeats,
-                )
+                ),
+                await bench_async(
+                    "ClientCache.identify, cache hit",
+                    lambda: cache.identify(client_id, secret),
+                    seconds,
+                    repeats,
+                ),
             ]
         finally:
             await engine.dispose()
