@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import time
 from collections import OrderedDict
 
-from .clients import DUMMY_DIGEST, Client, ClientRegistry, digest_secret
+from .clients import Client, ClientRegistry, check_secret
 
 MAX_ENTRIES = 10_000
 
@@ -53,13 +52,7 @@ class ClientCache:
             client = entry[1]
             if client.enabled and client.secret_matches(secret):
                 return client, "ok"
-        client = await self.find(client_id)
-        if client is None:
-            hmac.compare_digest(digest_secret(secret), DUMMY_DIGEST)
-            return None, "unknown_client"
-        if not client.secret_matches(secret):
-            return None, "wrong_secret"
-        return client, "ok"
+        return check_secret(await self.find(client_id), secret)
 
     async def find(self, client_id: str) -> Client | None:
         """The client as the database has it now (and cached), or None."""

@@ -242,13 +242,7 @@ class ClientRegistry:
         """``(client, "ok")``, or ``(None, reason)`` with reason ``unknown_client`` or
         ``wrong_secret``: for the operator's audit log and metrics, never for the caller.
         Both failures cost the same digest and comparison."""
-        client = await self.find(client_id)
-        if client is None:
-            hmac.compare_digest(digest_secret(secret), DUMMY_DIGEST)
-            return None, "unknown_client"
-        if not client.secret_matches(secret):
-            return None, "wrong_secret"
-        return client, "ok"
+        return check_secret(await self.find(client_id), secret)
 
     async def _locked(self, session: Any, client_id: str) -> Client:
         client = None
@@ -257,6 +251,16 @@ class ClientRegistry:
         if client is None:
             raise UnknownClientError(f"no client with id {client_id!r}")
         return client
+
+
+def check_secret(client: Client | None, secret: str) -> tuple[Client | None, str]:
+    """:meth:`ClientRegistry.identify`'s answer for a looked-up client (or None)."""
+    if client is None:
+        hmac.compare_digest(digest_secret(secret), DUMMY_DIGEST)
+        return None, "unknown_client"
+    if not client.secret_matches(secret):
+        return None, "wrong_secret"
+    return client, "ok"
 
 
 def _check_audiences(audiences: Sequence[str]) -> list[str]:
