@@ -112,6 +112,8 @@ async def authenticate_client(
     client_id, secret, method = credentials
     if blocked := state.limiter.blocked(client_id, bucket):
         _rate_limited(endpoint, source, client_id, blocked)
+    if cached and (client := state.clients.granted(client_id, secret)) is not None:
+        return Caller(client, method, source)
     registry = state.clients if cached else state.registry
     client, reason = await state.db_call(registry.identify(client_id, secret))
     if client is None:
