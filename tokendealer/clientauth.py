@@ -20,7 +20,7 @@ from quart import request
 
 from . import audit, metrics
 from .address import limit_key, source_address
-from .clients import Client
+from .clients import Client, check_secret
 from .errors import OAuthError, invalid_client, invalid_request, slow_down
 from .forms import Form, one
 from .ratelimit import Blocked
@@ -114,8 +114,9 @@ async def authenticate_client(
         _rate_limited(endpoint, source, client_id, blocked)
     if cached and (client := state.clients.granted(client_id, secret)) is not None:
         return Caller(client, method, source)
-    registry = state.clients if cached else state.registry
-    client, reason = await state.db_call(registry.identify(client_id, secret))
+    # Not granted from memory: what the database says now (and the cache keeps it).
+    find = state.clients.find if cached else state.registry.find
+    client, reason = check_secret(await state.db_call(find(client_id)), secret)
     if client is None:
         await _failed(state, endpoint, source, bucket, client_id, reason)
     if not client.enabled:
