@@ -1,5 +1,5 @@
 # make run   -- serve the dealer on http://127.0.0.1:5000 (creates .venv, keys and database)
-# make test  -- the whole test suite (creates .venv with the test extras)
+# make test  -- ruff, the import rules (lint-imports) and the whole test suite (creates .venv)
 # make bench -- the benchmark of issue 8 (benchmarks/README.md); bench-smoke: its short check
 PYTHON ?= python3
 VENV := .venv
@@ -25,11 +25,13 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check tokendealer tests examples benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(MAKE) --no-print-directory bench-smoke
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check tokendealer tests examples benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff format --check tokendealer tests examples benchmarks
 
 format: $(VENV)/.installed-test

@@ -38,8 +38,8 @@ import httpx
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tokendealer.keys import SigningKey
-from tokendealer.tokens import TokenSigner, access_token_claims
+from tokendealer.keys.keyset import SigningKey
+from tokendealer.keys.signing import TokenSigner, access_token_claims
 from tokendealer.verify import TokenVerifier
 
 ISSUER = "http://127.0.0.1:5000"
@@ -185,9 +185,9 @@ async def verifying(seconds: float, repeats: int) -> list[dict[str, Any]]:
 
 
 async def client_lookup(seconds: float, repeats: int) -> list[dict[str, Any]]:
-    from tokendealer.clientcache import ClientCache
-    from tokendealer.clients import ClientRegistry
-    from tokendealer.db import create_engine, migrate
+    from tokendealer.store.client_cache import ClientCache
+    from tokendealer.store.database import create_engine, migrate
+    from tokendealer.store.registry import ClientRegistry
 
     with tempfile.TemporaryDirectory(prefix="tokendealer-bench-") as tmp:
         engine = create_engine(f"sqlite+aiosqlite:///{Path(tmp) / 'clients.db'}", 5.0)

@@ -1,6 +1,6 @@
 """Serve an ASGI app with the dealer's hypercorn settings: ``python -m benchmarks.serve APP PORT``.
 
-The configuration is ``tokendealer.server.hypercorn_config`` (transport
+The configuration is ``tokendealer.serve.server.hypercorn_config`` (transport
 limits, keep-alive, logging, one worker process as ``serve --workers 1``
 starts) run by the dealer's own supervisor (the same worker class: uvloop
 where installed), with only ``application_path`` replaced, so the baseline
@@ -10,8 +10,8 @@ and the consuming services differ from the dealer in their application alone.
 import sys
 
 from tokendealer.config import Settings
-from tokendealer.server import hypercorn_config
-from tokendealer.supervisor import Supervisor
+from tokendealer.serve.server import hypercorn_config
+from tokendealer.serve.supervisor import Supervisor
 
 
 def main(argv: list[str]) -> int:

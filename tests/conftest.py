@@ -8,6 +8,7 @@ an empty schema in a database made for this test session.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -27,10 +29,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tokendealer.app import create_app
-from tokendealer.clients import ClientRegistry, IssuedSecret
 from tokendealer.config import Settings
-from tokendealer.state import dealer_state
+from tokendealer.dealer.app import create_app
+from tokendealer.dealer.state import dealer_state
+from tokendealer.store.registry import ClientRegistry, IssuedSecret
 
 PG_ENV = "TOKENDEALER_TEST_DATABASE_URL"
 REDIS_ENV = "TOKENDEALER_TEST_REDIS_URL"
@@ -102,6 +104,12 @@ def sqlite_url(tmp_path: Path) -> str:
 # -- settings, app, registry ------------------------------------------------------
 
 
+def basic(issued: IssuedSecret) -> dict[str, str]:
+    """HTTP Basic credentials of a client (RFC 6749 §2.3.1: each part form-encoded first)."""
+    raw = f"{quote(issued.client.client_id, safe='')}:{quote(issued.secret, safe='')}"
+    return {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
+
+
 @pytest.fixture
 def keys_dir(tmp_path: Path) -> Path:
     return tmp_path / "keys"
@@ -110,7 +118,7 @@ def keys_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(database_url: str, keys_dir: Path) -> Settings:
     """In-process tests change clients and expect the next request to see it: no client
-    cache (tests/test_client_cache.py checks the cache on a real server)."""
+    cache (tests/store/test_client_cache.py checks the cache on a real server)."""
     return Settings(
         issuer="http://dealer.test",
         database_url=database_url,

@@ -1,3 +1,3 @@
-from .cli import main
+from tokendealer.cli import main
 
 main()

@@ -3,6 +3,6 @@
 Settings come from the environment each worker inherits from ``tokendealer serve``.
 """
 
-from .app import create_app
+from tokendealer.dealer.app import create_app
 
 app = create_app()

@@ -17,8 +17,9 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .config import SIGNING_ALGORITHMS, ConfigError, Settings
-from .keys import KeySetError, KeyStore
+from tokendealer.config import SIGNING_ALGORITHMS, ConfigError, Settings
+from tokendealer.keys.file_store import KeyStore
+from tokendealer.keys.keyset import KeySetError
 
 T = TypeVar("T")
 # Retired keys stay published this long past the token lifetime, for clock skew
@@ -54,8 +55,8 @@ def run_db(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``action(registry)`` against a migrated database, then dispose the engine."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .clients import ClientError, ClientRegistry
-    from .db import create_engine, migrate
+    from tokendealer.store.database import create_engine, migrate
+    from tokendealer.store.registry import ClientError, ClientRegistry
 
     async def main() -> T:
         engine = create_engine(settings.database_url, settings.db_timeout)
@@ -92,7 +93,7 @@ def main() -> None:
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS private key.")
 def serve(host: str, port: int, workers: int, certfile: str | None, keyfile: str | None) -> None:
     """Serve the dealer with hypercorn."""
-    from .server import prepare_database, prepare_keys, run_server
+    from tokendealer.serve.server import prepare_database, prepare_keys, run_server
 
     logging.getLogger().setLevel(logging.INFO)
     settings = load_settings()

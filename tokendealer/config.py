@@ -48,7 +48,7 @@ class Settings:
     # load balancer polling readyz to stop sending new requests here.
     drain_delay: float = 5.0
     max_inflight: int = 512
-    # Seconds a worker answers from its copy of a client record (tokendealer.clientcache):
+    # Seconds a worker answers from its copy of a client record (tokendealer.store.client_cache):
     # the bound on how long disable / rotate-secret / delete take to reach every replica.
     client_cache_ttl: float = 2.0
 

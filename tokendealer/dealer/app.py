@@ -1,0 +1,122 @@
+"""The dealer's app factory: wires settings, database, key ring, limits and blueprints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from quart import Quart, Response
+
+from tokendealer.config import Settings
+from tokendealer.dealer import (
+    discovery,
+    errors,
+    health,
+    introspect,
+    metrics,
+    openapi,
+    revoke,
+    token,
+)
+from tokendealer.dealer.asgi import draining, head_limit, shedding
+from tokendealer.dealer.ratelimit import FailureLimiter
+from tokendealer.dealer.state import EXTENSION, DealerState
+from tokendealer.keys.file_store import KeyStore
+from tokendealer.keys.ring import KeyRing
+from tokendealer.store.client_cache import ClientCache
+from tokendealer.store.database import create_engine, migrate
+from tokendealer.store.registry import ClientRegistry
+from tokendealer.store.revocation_list import PURGE_INTERVAL, RevocationList
+
+log = logging.getLogger("tokendealer")
+
+
+def create_app(settings: Settings | None = None) -> Quart:
+    """A dealer app; resources with a lifetime open in ``before_serving``."""
+    settings = settings or Settings.from_env()
+    app = Quart("tokendealer")
+    # The same body limits for the Quart endpoints as for the token endpoint's own reading.
+    app.config.update(MAX_CONTENT_LENGTH=token.MAX_BODY_BYTES, BODY_TIMEOUT=token.BODY_TIMEOUT)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    engine = create_engine(settings.database_url, settings.db_timeout)
+    store = KeyStore(settings.keys_dir, settings.key_passphrase)
+    registry = ClientRegistry(engine)
+    state = DealerState(
+        settings=settings,
+        engine=engine,
+        registry=registry,
+        clients=ClientCache(registry, settings.client_cache_ttl),
+        keyring=KeyRing(store, settings.keys_reload_interval),
+        revocations=RevocationList(engine),
+        limiter=FailureLimiter(
+            settings.rate_limit_url,
+            settings.auth_failure_limit,
+            settings.auth_failure_limit_per_address,
+            namespace=settings.issuer,  # replicas of one dealer share limits, others don't
+        ),
+    )
+    app.extensions[EXTENSION] = state
+    follower: asyncio.Task[None] | None = None
+    purger: asyncio.Task[None] | None = None
+
+    @app.before_serving
+    async def start() -> None:
+        nonlocal follower, purger
+        await migrate(engine)
+        await asyncio.to_thread(store.ensure, settings.signing_alg)
+        await asyncio.to_thread(state.keyring.refresh)
+        follower = asyncio.create_task(state.keyring.follow())
+        purger = asyncio.create_task(purge_revocations(state))
+
+    @app.after_serving
+    async def stop() -> None:
+        for task in (follower, purger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await state.limiter.close()
+        await engine.dispose()
+
+    @app.after_request
+    async def security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    errors.register(app)
+    for blueprint in (
+        introspect.blueprint,
+        revoke.blueprint,
+        discovery.blueprint,
+        health.blueprint,
+        metrics.blueprint,
+        openapi.blueprint,
+    ):
+        app.register_blueprint(blueprint)
+    # Outermost first: Connection: close on every answer while draining, time and
+    # count everything (shed answers too), then shed load before anything reads
+    # the request, then bound the request head.
+    app.asgi_app = draining.middleware(  # type: ignore[method-assign]
+        metrics.instrument(
+            shedding.shed_load(
+                head_limit.limit_head(token.serve_token_endpoint(app.asgi_app, state)),
+                settings.max_inflight,
+            )
+        )
+    )
+    return app
+
+
+async def purge_revocations(state: DealerState, interval: float = PURGE_INTERVAL) -> None:
+    """Drop revoked jtis past their token's expiry, every ``interval`` seconds, until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            purged = await state.db_call(state.revocations.purge())
+        except Exception as exc:  # the database may be down for a while: try again later
+            log.warning("purging expired revocations failed: %s", type(exc).__name__)
+        else:
+            if purged:
+                log.info("purged %d expired revocations", purged)

@@ -1,0 +1,45 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, current_app, jsonify
+
+from tokendealer.dealer.asgi import draining
+from tokendealer.dealer.state import dealer_state
+from tokendealer.store.database import ping
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+async def healthz() -> Response:
+    """Liveness: the process answers. Never touches the database."""
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+async def readyz() -> tuple[Response, int]:
+    """Readiness: the database answers, a signing key is loaded, and we are not draining.
+
+    While draining (after SIGTERM, see :mod:`tokendealer.dealer.asgi.draining`) the answer is
+    503 ``"status": "draining"`` even though requests are still served: a load
+    balancer polling this stops sending new ones before the workers stop.
+    """
+    state = dealer_state(current_app)
+    checks: dict[str, str] = {}
+    try:
+        await state.db_call(ping(state.engine))
+        checks["database"] = "ok"
+    except Exception:
+        checks["database"] = "unreachable"
+    if not state.keyring.loaded:
+        checks["keys"] = f"not loaded: {state.keyring.error}"
+    elif state.keyring.error:
+        checks["keys"] = f"stale (serving the last good key set): {state.keyring.error}"
+    else:
+        checks["keys"] = "ok"
+    ready = checks["database"] == "ok" and state.keyring.loaded
+    checks["status"] = "ready" if ready else "unavailable"
+    if draining.state.draining:
+        ready, checks["status"] = False, "draining"
+    return jsonify(checks), 200 if ready else 503

@@ -1,0 +1,11 @@
+"""Alembic environment: always handed a live connection by ``store.database.migrate``."""
+
+from alembic import context
+
+from tokendealer.store import registry, revocation_list  # noqa: F401  (their tables)
+from tokendealer.store.schema import Base
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+with context.begin_transaction():
+    context.run_migrations()

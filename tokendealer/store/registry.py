@@ -1,0 +1,259 @@
+"""The client registry: who may ask for tokens, for which scopes and audiences.
+
+Secrets are generated here (256 bits from :mod:`secrets`), shown once, and
+stored only as a SHA-256 digest. A slow password hash would protect
+low-entropy human passwords; for a 256-bit random secret it adds nothing and
+would cap token throughput, so a fast digest compared in constant time it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Integer, String, Text, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tokendealer.store.schema import Base, UTCDateTime
+
+SECRET_BYTES = 32  # 256 bits
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_urlsafe makes
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# A digest no secret produces, compared against when the client id is unknown,
+# so that an unknown id costs the same as a wrong secret.
+DUMMY_DIGEST = hashlib.sha256(b"tokendealer: no such client").hexdigest()
+
+
+class ClientError(Exception):
+    """A registry operation was refused; the message is one line for the operator."""
+
+
+class UnknownClientError(ClientError):
+    """No client has the given id."""
+
+
+def digest_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_scopes(raw: str | Iterable[str]) -> tuple[str, ...]:
+    """Split and check scope tokens (RFC 6749 §3.3); order kept, duplicates dropped."""
+    tokens = raw.split(" ") if isinstance(raw, str) else list(raw)
+    scopes: list[str] = []
+    for token in tokens:
+        if token == "" and isinstance(raw, str):
+            continue
+        if not SCOPE_TOKEN.fullmatch(token):
+            raise ClientError(f"invalid scope token {token!r} (RFC 6749 §3.3)")
+        if token not in scopes:
+            scopes.append(token)
+    return tuple(scopes)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Client(Base):
+    """A registered client (a service that authenticates with client credentials)."""
+
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    secret_digest: Mapped[str] = mapped_column(String(64))
+    previous_secret_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    scopes: Mapped[str] = mapped_column(Text)
+    audiences: Mapped[list[str]] = mapped_column(JSON)
+    token_ttl: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    @property
+    def scope_list(self) -> tuple[str, ...]:
+        return tuple(self.scopes.split()) if self.scopes else ()
+
+    def secret_matches(self, secret: str, now: datetime | None = None) -> bool:
+        """Constant-time check against the secret and, during its grace, the previous one."""
+        offered = digest_secret(secret)
+        current = hmac.compare_digest(offered, self.secret_digest)
+        previous_valid = (
+            self.previous_secret_digest is not None
+            and self.previous_secret_expires_at is not None
+            and (now or _now()) < self.previous_secret_expires_at
+        )
+        previous = hmac.compare_digest(offered, self.previous_secret_digest or DUMMY_DIGEST)
+        return current or (previous and previous_valid)
+
+    def public_facts(self) -> dict[str, Any]:
+        """Everything an operator may see: never the secret or its digest."""
+        grace_until = self.previous_secret_expires_at
+        if grace_until is not None and grace_until <= _now():
+            grace_until = None
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "scope": self.scopes,
+            "audience": list(self.audiences),
+            "token_ttl": self.token_ttl,
+            "enabled": self.enabled,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "previous_secret_valid_until": _iso(grace_until),
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A client together with a secret shown once, right after it was generated."""
+
+    client: Client
+    secret: str
+
+
+class ClientRegistry:
+    """Client CRUD and authentication over one SQLAlchemy async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def create(
+        self,
+        name: str,
+        scopes: str | Sequence[str],
+        audiences: Sequence[str],
+        token_ttl: int | None = None,
+    ) -> IssuedSecret:
+        name = name.strip()
+        if not name or len(name) > 200:
+            raise ClientError("a client needs a name of 1 to 200 characters")
+        audience_list = _check_audiences(audiences)
+        if token_ttl is not None and token_ttl < 1:
+            raise ClientError("--ttl must be a positive number of seconds")
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        now = _now()
+        client = Client(
+            client_id=secrets.token_hex(12),  # hex: never starts with "-" on a command line
+            name=name,
+            secret_digest=digest_secret(secret),
+            scopes=" ".join(parse_scopes(scopes)),
+            audiences=audience_list,
+            token_ttl=token_ttl,
+            enabled=True,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.sessions.begin() as session:
+            session.add(client)
+        return IssuedSecret(client, secret)
+
+    async def get(self, client_id: str) -> Client:
+        client = await self.find(client_id)
+        if client is None:
+            raise UnknownClientError(f"no client with id {client_id!r}")
+        return client
+
+    async def find(self, client_id: str) -> Client | None:
+        """The client, or None; an id we could never have issued is not looked up
+        (PostgreSQL refuses NUL bytes, for one, and would turn a 401 into an error)."""
+        if not CLIENT_ID.fullmatch(client_id):
+            return None
+        async with self.sessions() as session:
+            return await session.get(Client, client_id)
+
+    async def list(self) -> list[Client]:
+        async with self.sessions() as session:
+            result = await session.scalars(
+                select(Client).order_by(Client.created_at, Client.client_id)
+            )
+            return list(result)
+
+    async def set_enabled(self, client_id: str, enabled: bool) -> Client:
+        async with self.sessions.begin() as session:
+            client = await self._locked(session, client_id)
+            client.enabled = enabled
+            client.updated_at = _now()
+        return client
+
+    async def delete(self, client_id: str) -> Client:
+        async with self.sessions.begin() as session:
+            client = await self._locked(session, client_id)
+            await session.delete(client)
+        return client
+
+    async def rotate_secret(self, client_id: str, grace: float = 0) -> IssuedSecret:
+        """A new secret; the old one keeps working for ``grace`` seconds."""
+        if grace < 0:
+            raise ClientError("--grace must be zero or more seconds")
+        secret = secrets.token_urlsafe(SECRET_BYTES)
+        now = _now()
+        async with self.sessions.begin() as session:
+            client = await self._locked(session, client_id)
+            if grace > 0:
+                client.previous_secret_digest = client.secret_digest
+                client.previous_secret_expires_at = now + timedelta(seconds=grace)
+            else:
+                client.previous_secret_digest = None
+                client.previous_secret_expires_at = None
+            client.secret_digest = digest_secret(secret)
+            client.updated_at = now
+        return IssuedSecret(client, secret)
+
+    async def authenticate(self, client_id: str, secret: str) -> Client | None:
+        """The client if id and secret match, else None; unknown ids cost the same."""
+        client, _reason = await self.identify(client_id, secret)
+        return client
+
+    async def identify(self, client_id: str, secret: str) -> tuple[Client | None, str]:
+        """``(client, "ok")``, or ``(None, reason)`` with reason ``unknown_client`` or
+        ``wrong_secret``: for the operator's audit log and metrics, never for the caller.
+        Both failures cost the same digest and comparison."""
+        return check_secret(await self.find(client_id), secret)
+
+    async def _locked(self, session: Any, client_id: str) -> Client:
+        client = None
+        if CLIENT_ID.fullmatch(client_id):
+            client = await session.get(Client, client_id, with_for_update=True)
+        if client is None:
+            raise UnknownClientError(f"no client with id {client_id!r}")
+        return client
+
+
+def check_secret(client: Client | None, secret: str) -> tuple[Client | None, str]:
+    """:meth:`ClientRegistry.identify`'s answer for a looked-up client (or None)."""
+    if client is None:
+        hmac.compare_digest(digest_secret(secret), DUMMY_DIGEST)
+        return None, "unknown_client"
+    if not client.secret_matches(secret):
+        return None, "wrong_secret"
+    return client, "ok"
+
+
+def _check_audiences(audiences: Sequence[str]) -> list[str]:
+    result: list[str] = []
+    for audience in audiences:
+        audience = audience.strip()
+        if not audience or any(ch.isspace() for ch in audience) or not audience.isprintable():
+            raise ClientError(f"invalid audience {audience!r}: printable, no spaces")
+        if audience not in result:
+            result.append(audience)
+    if not result:
+        raise ClientError("a client needs at least one audience: --audience AUD")
+    return result

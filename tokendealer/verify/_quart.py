@@ -1,0 +1,324 @@
+"""Quart integration through quart-auth (bearer mode), and the RFC 6750 answers.
+
+``TokenAuth`` reads ``Authorization: Bearer`` (RFC 6750 §2.1) into a
+``TokenUser`` that verifies it on first ask; ``require_token`` guards a route,
+``current_token`` holds its claims. Every refusal is rendered by
+``TokenAuth.challenge`` (RFC 6750 §3).
+
+The hit path, a token the verifier has already checked: read the header,
+hash the token and look it up (``TokenVerifier._lookup``: one dict lookup
+and a comparison with the stored ``exp``), then a frozenset comparison for
+the scopes. No coroutine is awaited, nothing is parsed, and quart-auth's
+per-request ``after_request`` hook is not installed (in bearer mode it only
+warned about login/logout/renew, which ``TokenUser`` now does when they
+happen).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
+from contextvars import ContextVar
+from functools import wraps
+from inspect import iscoroutinefunction
+from typing import Any, ParamSpec, TypeVar
+
+import quart_auth
+from quart import Quart, Response, current_app, g, has_request_context, has_websocket_context
+from quart import request as _request
+from quart import websocket as _websocket
+from werkzeug.exceptions import Forbidden
+from werkzeug.local import LocalProxy
+
+from tokendealer.verify._errors import InvalidToken
+from tokendealer.verify._verifier import TokenVerifier, _Verified
+
+__all__ = ["InsufficientScope", "TokenAuth", "TokenUser", "current_token", "require_token"]
+
+log = logging.getLogger("tokendealer.verify")  # the public module's name: one logger to configure
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: ``app.extensions`` key of an app's (first) ``TokenAuth``: one dict lookup per request.
+_EXTENSION = "tokendealer.verify"
+
+
+class InsufficientScope(Forbidden):
+    """RFC 6750 §3.1 insufficient_scope: the token lacks a needed scope."""
+
+    def __init__(self, scopes: Iterable[str]) -> None:
+        super().__init__()
+        self.scopes = tuple(scopes)
+
+
+class _BearerUnauthorized(quart_auth.Unauthorized):
+    """Raised by ``require_token``; rendered by its own ``TokenAuth``."""
+
+
+class TokenUser(quart_auth.AuthUser):
+    """The quart-auth user of a request: its bearer token, verified on first ask.
+
+    ``auth_id`` is the client id (``sub``) once verified; ``claims`` the
+    verified claims (the request's own copy); ``scopes`` their ``scope`` as a
+    frozenset; ``error`` why verification failed.
+    """
+
+    def __init__(
+        self,
+        auth_id: str | None,
+        action: quart_auth.Action = quart_auth.Action.PASS,
+        *,
+        token: str | None = None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        super().__init__(None, action)
+        self.token = token
+        self._verifier = verifier
+        self.claims: dict[str, Any] | None = None
+        self.error: InvalidToken | None = None
+        self._entry: _Verified | None = None
+        self._checked = False
+
+    @property
+    def action(self) -> quart_auth.Action:
+        return self._action
+
+    @action.setter
+    def action(self, value: quart_auth.Action) -> None:
+        # quart-auth's login_user/logout_user/renew_login set this; bearer tokens have no
+        # session to change (quart-auth warned in an after_request hook TokenAuth drops).
+        if value is not quart_auth.Action.PASS:
+            warnings.warn("login/logout/renew have no effect in bearer mode", stacklevel=2)
+        self._action = value
+
+    @property
+    def auth_id(self) -> str | None:
+        return None if self.claims is None else self.claims["sub"]
+
+    @property
+    async def is_authenticated(self) -> bool:
+        return await self.load_claims() is not None
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """RFC 9068 §2.2.3.1 / RFC 8693 §4.2: space-separated ``scope``."""
+        if self._entry is not None:
+            return self._entry.scopes
+        return frozenset((self.claims or {}).get("scope", "").split())
+
+    async def load_claims(self) -> dict[str, Any] | None:
+        """Verify the token once per request; None if absent or invalid."""
+        if not self._checked and self.token is not None and self._verifier is not None:
+            self._checked = True
+            entry = self._verifier._lookup(self.token)  # a hit: no await, no parsing
+            if entry is None:
+                try:
+                    entry = await self._verifier._check(self.token)
+                except InvalidToken as exc:
+                    self.error = exc
+                    log.debug("rejected token: %s (%s)", type(exc).__name__, exc)
+                    return None
+            self._entry = entry
+            self.claims = dict(entry.claims)  # the cache's own claims are never handed out
+        return self.claims
+
+
+def _bearer_token() -> str | None:
+    """RFC 6750 §2.1: the token of ``Authorization: Bearer <token>``, else None.
+
+    The scheme is case-insensitive (RFC 9110 §11.1); a header with another
+    scheme counts as no token. Tokens in the query or the body (§2.2, §2.3)
+    are not accepted.
+    """
+    if has_request_context():
+        value = _request.headers.get("Authorization")
+    elif has_websocket_context():
+        value = _websocket.headers.get("Authorization")
+    else:
+        return None
+    if value is None:
+        return None
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return rest.strip()
+
+
+def _quoted(value: str) -> str:
+    """An RFC 9110 §5.6.4 quoted-string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class TokenAuth(quart_auth.QuartAuth):
+    """quart-auth in bearer mode with the dealer's access tokens.
+
+    quart-auth's own bearer tokens are itsdangerous-signed ids checked
+    synchronously; here the user instead carries the raw token and verifies
+    it (asynchronously) the first time a route asks, through
+    ``login_required``, ``current_user.is_authenticated`` or
+    ``require_token``. Unauthenticated requests get RFC 6750 §3 answers.
+    The verifier's HTTP client is closed in ``after_serving``; with
+    ``prefetch`` the JWKS is fetched in ``before_serving``.
+    """
+
+    user_class = TokenUser
+
+    def __init__(
+        self,
+        app: Quart | None = None,
+        verifier: TokenVerifier | None = None,
+        *,
+        realm: str | None = None,
+        prefetch: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if verifier is None:
+            raise TypeError("TokenAuth needs a TokenVerifier")
+        self.verifier = verifier
+        self.realm = realm or verifier.audience
+        self.prefetch = prefetch
+        # Distinct defaults so a cookie-mode QuartAuth on the same app does not collide.
+        kwargs.setdefault("attribute_name", "_tokendealer_user")
+        kwargs.setdefault("cookie_name", "TOKENDEALER_UNUSED")
+        kwargs.setdefault("salt", "tokendealer bearer")
+        kwargs["mode"] = "bearer"
+        super().__init__(app, **kwargs)
+
+    def init_app(self, app: Quart) -> None:
+        super().init_app(app)
+        app.extensions.setdefault(_EXTENSION, self)
+        # quart-auth's after_request/after_websocket only write cookies, or in bearer mode
+        # warn about login/logout (TokenUser.action does that now): not a hook per request.
+        with suppress(KeyError, ValueError):
+            app.after_request_funcs[None].remove(self.after_request)
+        with suppress(KeyError, ValueError):
+            app.after_websocket_funcs[None].remove(self.after_websocket)
+        app.register_error_handler(InsufficientScope, self._forbidden)
+        app.register_error_handler(_BearerUnauthorized, self._unauthorized)
+        if self.singleton:  # quart-auth's login_required raises the plain one
+            app.register_error_handler(quart_auth.Unauthorized, self._unauthorized)
+        app.before_serving(self._before_serving)
+        app.after_serving(self._after_serving)
+
+    async def _before_serving(self) -> None:
+        if self.prefetch and not await self.verifier.refresh():
+            log.warning("no signing keys yet from %s; will retry on demand", self.verifier.issuer)
+
+    async def _after_serving(self) -> None:
+        await self.verifier.aclose()
+
+    def resolve_user(self) -> TokenUser:
+        return self.user_class(None, token=_bearer_token(), verifier=self.verifier)
+
+    def load_user(self) -> TokenUser:
+        """The request's user, made on first ask and kept in ``g`` (as quart-auth does)."""
+        if has_request_context() or has_websocket_context():
+            store = g._get_current_object()  # one context lookup, not one per access
+            user = store.get(self.attribute_name)  # (getattr would raise and catch when unset)
+            if user is None:
+                user = self.resolve_user()
+                setattr(store, self.attribute_name, user)
+        else:
+            user = self.user_class(None)
+        assert isinstance(user, TokenUser)
+        return user
+
+    # RFC 6750 §3: every refusal is rendered here.
+
+    def challenge(
+        self,
+        status: int,
+        error: str | None = None,
+        description: str | None = None,
+        scope: str | None = None,
+    ) -> Response:
+        """A 401/403 with ``WWW-Authenticate: Bearer`` and the same error as JSON."""
+        params = [f"realm={_quoted(self.realm)}"]
+        body: dict[str, str] = {}
+        for name, value in (("error", error), ("error_description", description)):
+            if value:
+                params.append(f"{name}={_quoted(value)}")
+                body[name] = value
+        if scope:
+            params.append(f"scope={_quoted(scope)}")
+            body["scope"] = scope
+        response = Response(json.dumps(body), status=status, mimetype="application/json")
+        response.headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def _unauthorized(self, _exc: Exception) -> Response:
+        """No token: a bare challenge (§3.1 says no error code); a bad one: invalid_token."""
+        user = self.load_user()
+        if user.token is None or user.error is None:
+            return self.challenge(401)
+        return self.challenge(401, "invalid_token", user.error.description)
+
+    async def _forbidden(self, exc: InsufficientScope) -> Response:
+        return self.challenge(403, "insufficient_scope", "insufficient scope", " ".join(exc.scopes))
+
+
+def _token_auth() -> TokenAuth:
+    auth = current_app.extensions.get(_EXTENSION)
+    if auth is None:
+        raise RuntimeError("require_token/current_token need TokenAuth(app, verifier)")
+    return auth
+
+
+def require_token(
+    *scopes: str | Callable[..., Awaitable[Any]],
+) -> Any:
+    """Route decorator: a valid bearer token with every listed scope.
+
+    ``@require_token("read")``, ``@require_token("read", "write")`` (both
+    needed) or bare ``@require_token``. Answers 401 invalid_token / 403
+    insufficient_scope per RFC 6750 §3.1. Put it under the route decorator.
+    """
+    if len(scopes) == 1 and callable(scopes[0]):
+        return require_token()(scopes[0])
+    needed = tuple(dict.fromkeys(s for scope in scopes for s in str(scope).split()))
+    needed_set = frozenset(needed)
+
+    def decorator(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        is_async = iscoroutinefunction(func)
+
+        @wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            user = _token_auth().load_user()
+            if await user.load_claims() is None:
+                raise _BearerUnauthorized()
+            if not needed_set <= user.scopes:
+                raise InsufficientScope(needed)
+            reset = _route_user.set(user)  # current_token without another lookup
+            try:
+                if is_async:
+                    return await func(*args, **kwargs)
+                return await current_app.ensure_async(func)(*args, **kwargs)
+            finally:
+                _route_user.reset(reset)
+
+        return wrapper
+
+    return decorator
+
+
+#: The user of the route ``require_token`` is running (set only for the call).
+_route_user: ContextVar[TokenUser | None] = ContextVar("tokendealer_route_user", default=None)
+
+
+def _current_claims() -> Mapping[str, Any]:
+    user = _route_user.get()
+    claims = (user or _token_auth().load_user()).claims
+    if claims is None:
+        raise RuntimeError(
+            "current_token is only set in routes behind require_token/login_required"
+        )
+    return claims
+
+
+#: The verified claims of the current request (a proxy, like ``quart.request``).
+current_token: Mapping[str, Any] = LocalProxy(_current_claims)  # type: ignore[assignment]
