@@ -48,7 +48,7 @@ def emit(data: Any, as_json: bool, lines: Iterable[str]) -> None:
 
 
 def keystore(settings: Settings) -> KeyStore:
-    return KeyStore(settings.keys_dir, settings.key_passphrase)
+    return KeyStore.from_settings(settings)
 
 
 def run_db(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
@@ -309,6 +309,28 @@ def keys_prune(leeway: int, as_json: bool) -> None:
         [f"pruned {key.kid} ({key.alg}, retired {key.facts()['retired_at']})" for key in removed]
         or ["nothing to prune"],
     )
+
+
+@keys.command("rewrap")
+@click.option("--json", "as_json", is_flag=True)
+def keys_rewrap(as_json: bool) -> None:
+    """Encrypt every private key under TOKENDEALER_KEY_PASSPHRASE (after setting or changing it).
+
+    Keys without encryption or under TOKENDEALER_KEY_PASSPHRASE_PREVIOUS move to the
+    passphrase; keys already under it stay as they are. The kids do not change.
+    """
+    settings = load_settings()
+    store = keystore(settings)
+    moved, keyset = _guard(store.rewrap)
+    total = len(keyset.keys)
+    line = (
+        f"rewrapped {moved} of {total} private keys in {store.path}: "
+        "all are now encrypted under TOKENDEALER_KEY_PASSPHRASE"
+        if moved
+        else f"rewrapped 0 private keys: all {total} in {store.path} are already encrypted "
+        "under TOKENDEALER_KEY_PASSPHRASE"
+    )
+    emit({"rewrapped": moved, "keys": total, "path": str(store.path)}, as_json, [line])
 
 
 class KidArgumentCommand(click.Command):

@@ -61,10 +61,17 @@ class ClientCredentials(httpx.Auth):
       ``threading.Lock`` for sync clients), and a dealer error seen by that
       request is shared with them rather than retried by each.
     * Renewals send the same ``scope`` and ``audience``.
+    * A redirect answer to the token request is never followed, whatever the
+      client's ``follow_redirects``: it is a ``TokenRequestError``. Following
+      it would hand the client's credentials to wherever it points.
 
-    The token request is yielded through the client the auth is used with,
-    so it uses that client's transport, proxies and TLS settings (and its
-    event hooks); it appears in the response's ``history``.
+    So the helper sends the token request itself rather than through the
+    client it is used with (httpx follows a redirect of a request an auth
+    flow yields when that client follows redirects): through ``http_client``
+    when given, an ``httpx.AsyncClient`` for async use or an ``httpx.Client``
+    for sync use (its transport, proxies and TLS settings; its own
+    ``follow_redirects`` and ``auth`` do not apply), else through a
+    short-lived client with httpx's defaults.
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class ClientCredentials(httpx.Auth):
         *,
         auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic",
         refresh_margin: float = 30.0,
+        http_client: httpx.AsyncClient | httpx.Client | None = None,
     ) -> None:
         if auth_method not in ("client_secret_basic", "client_secret_post"):
             raise ValueError(f"unsupported auth_method {auth_method!r}")
@@ -87,6 +95,7 @@ class ClientCredentials(httpx.Auth):
         self.audience = audience
         self.auth_method = auth_method
         self.refresh_margin = refresh_margin
+        self.http_client = http_client
         self._token: _Token | None = None
         self._attempts = 0  # completed token requests, to share a failure with waiters
         self._failure: TokenRequestError | None = None
@@ -115,9 +124,7 @@ class ClientCredentials(httpx.Auth):
                     token = self._usable(stale)
                     if token is None:
                         self._raise_shared_failure(seen)
-                        token_response = yield self._token_request()
-                        token_response.read()
-                        token = self._accept(token_response)
+                        token = self._accept(self._fetch_sync())
             response = yield self._authorize(request, token)
             if attempt or not self._should_retry(request, response):
                 return
@@ -136,9 +143,7 @@ class ClientCredentials(httpx.Auth):
                     token = self._usable(stale)
                     if token is None:
                         self._raise_shared_failure(seen)
-                        token_response = yield self._token_request()
-                        await token_response.aread()
-                        token = self._accept(token_response)
+                        token = self._accept(await self._fetch_async())
             response = yield self._authorize(request, token)
             if attempt or not self._should_retry(request, response):
                 return
@@ -176,8 +181,37 @@ class ClientCredentials(httpx.Auth):
     def _should_retry(request: httpx.Request, response: httpx.Response) -> bool:
         return response.status_code == 401 and isinstance(request.stream, httpx.ByteStream)
 
-    def _token_request(self) -> httpx.Request:
-        """RFC 6749 §4.4.2 access token request, client authenticated per §2.3.1."""
+    def _fetch_sync(self) -> httpx.Response:
+        """The token request, sent here with redirects off (see the class docstring)."""
+        if self.http_client is None:
+            with httpx.Client() as http:
+                return self._send_sync(http)
+        if not isinstance(self.http_client, httpx.Client):
+            raise TypeError("http_client must be an httpx.Client for a sync client")
+        return self._send_sync(self.http_client)
+
+    def _send_sync(self, http: httpx.Client) -> httpx.Response:
+        """``follow_redirects=False`` whatever ``http``'s own; ``auth=None``: not its auth."""
+        return http.send(self._token_request(http), auth=None, follow_redirects=False)
+
+    async def _fetch_async(self) -> httpx.Response:
+        """The token request, sent here with redirects off (see the class docstring)."""
+        if self.http_client is None:
+            async with httpx.AsyncClient() as http:
+                return await self._send_async(http)
+        if not isinstance(self.http_client, httpx.AsyncClient):
+            raise TypeError("http_client must be an httpx.AsyncClient for an async client")
+        return await self._send_async(self.http_client)
+
+    async def _send_async(self, http: httpx.AsyncClient) -> httpx.Response:
+        """``follow_redirects=False`` whatever ``http``'s own; ``auth=None``: not its auth."""
+        return await http.send(self._token_request(http), auth=None, follow_redirects=False)
+
+    def _token_request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """RFC 6749 §4.4.2 access token request, client authenticated per §2.3.1.
+
+        Built by ``http`` so that its timeout and default headers apply.
+        """
         data = {"grant_type": "client_credentials"}
         if self.scope:
             data["scope"] = self.scope
@@ -190,7 +224,7 @@ class ClientCredentials(httpx.Auth):
         else:
             data["client_id"] = self.client_id
             data["client_secret"] = self._client_secret
-        return httpx.Request("POST", self.token_url, data=data, headers=headers)
+        return http.build_request("POST", self.token_url, data=data, headers=headers)
 
     def _accept(self, response: httpx.Response) -> str:
         """RFC 6749 §5.1 success -> cached token; §5.2 error -> TokenRequestError."""
@@ -205,8 +239,14 @@ class ClientCredentials(httpx.Auth):
         return token.value
 
     def _parse(self, response: httpx.Response) -> _Token:
-        body = _json_object(response)
         status = response.status_code
+        if 300 <= status < 400:  # never followed: it would take the credentials elsewhere
+            raise TokenRequestError(
+                "invalid_response",
+                f"the token endpoint answered {status} (a redirect, not followed): check token_url",
+                status,
+            )
+        body = _json_object(response)
         if status != 200:
             if isinstance(body.get("error"), str):
                 description = body.get("error_description")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +30,16 @@ class Settings:
     """The dealer's configuration; build it with :meth:`from_env`."""
 
     issuer: str = "http://127.0.0.1:5000"
-    database_url: str = "sqlite+aiosqlite:///tokendealer.db"
+    database_url: str = field(default="sqlite+aiosqlite:///tokendealer.db", repr=False)
     keys_dir: Path = Path("keys")
     signing_alg: str = "RS256"
     token_ttl: int = 900
     key_passphrase: str | None = field(default=None, repr=False)
+    key_passphrase_previous: str | None = field(default=None, repr=False)
     keys_reload_interval: float = 2.0
     jwks_max_age: int = 300
     db_timeout: float = 5.0
-    rate_limit_url: str = "memory://"
+    rate_limit_url: str = field(default="memory://", repr=False)  # may hold a password
     # Failed client authentications allowed per window (``limits`` notation), per
     # (client id, source address) and per source address; a sliding (moving) window.
     auth_failure_limit: str = "10/minute"
@@ -48,6 +50,8 @@ class Settings:
     # load balancer polling readyz to stop sending new requests here.
     drain_delay: float = 5.0
     max_inflight: int = 512
+    # Requests still sending their body, per source address and worker (dealer.asgi.body_gate).
+    max_unfinished_bodies: int = 64
     # Seconds a worker answers from its copy of a client record (tokendealer.store.client_cache):
     # the bound on how long disable / rotate-secret / delete take to reach every replica.
     client_cache_ttl: float = 2.0
@@ -74,7 +78,7 @@ class Settings:
                 return parse(raw.strip())
             except (ValueError, TypeError):
                 raise ConfigError(
-                    f"TOKENDEALER_{name}={raw!r} is invalid: expected {allowed}"
+                    f"TOKENDEALER_{name}={redact(raw)!r} is invalid: expected {allowed}"
                 ) from None
 
         return cls(
@@ -93,6 +97,7 @@ class Settings:
                 "TOKEN_TTL", _int_between(1, 86400), defaults.token_ttl, "seconds, 1 to 86400"
             ),
             key_passphrase=env.get("TOKENDEALER_KEY_PASSPHRASE") or None,
+            key_passphrase_previous=env.get("TOKENDEALER_KEY_PASSPHRASE_PREVIOUS") or None,
             keys_reload_interval=get(
                 "KEYS_RELOAD_INTERVAL",
                 _float_between(0.05, 5.0),
@@ -141,6 +146,12 @@ class Settings:
             max_inflight=get(
                 "MAX_INFLIGHT", _int_between(1, 100000), defaults.max_inflight, "1 to 100000"
             ),
+            max_unfinished_bodies=get(
+                "MAX_UNFINISHED_BODIES",
+                _int_between(1, 100000),
+                defaults.max_unfinished_bodies,
+                "1 to 100000",
+            ),
             client_cache_ttl=get(
                 "CLIENT_CACHE_TTL",
                 _float_between(0, 5),
@@ -148,6 +159,18 @@ class Settings:
                 "seconds, 0 (no cache) to 5 (client changes must apply within 5 s)",
             ),
         )
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it masked: for messages and logs.
+
+    ``postgresql://svc:S3cret@db/x`` becomes ``postgresql://svc:***@db/x``;
+    the user stays, so the operator still sees which credentials were used.
+    """
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/\s]*@")
 
 
 def _issuer(raw: str) -> str:
@@ -203,8 +226,10 @@ def _float_between(low: float, high: float) -> Callable[[str], float]:
 
 
 def _rate_limit_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in ("memory", "redis", "rediss", "redis+unix"):
+    parts = urlsplit(raw)
+    if parts.scheme not in ("memory", "redis", "rediss", "redis+unix"):
         raise ValueError(raw)
+    _ = parts.port  # ValueError for a port that is not a number, before the storage sees it
     return raw
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from quart import Quart
 
 from tests.support.services import (
     AUDIENCE,
@@ -40,7 +41,7 @@ class Stack:
     def data_url(self) -> str:
         return self.service_url + "/data"
 
-    def auth(self, **kwargs: Any) -> ClientCredentials:
+    def auth(self, token_url: str | None = None, **kwargs: Any) -> ClientCredentials:
         options: dict[str, Any] = {
             "client_id": "client-1",
             "client_secret": "s3cret",
@@ -48,7 +49,7 @@ class Stack:
             "audience": AUDIENCE,
             **kwargs,
         }
-        return ClientCredentials(self.dealer.issuer + "/oauth/token", **options)
+        return ClientCredentials(token_url or self.dealer.issuer + "/oauth/token", **options)
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +270,10 @@ def test_same_auth_object_across_event_loops() -> None:
             return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
         return httpx.Response(200 if request.headers["Authorization"] == "Bearer t" else 401)
 
-    auth = ClientCredentials("http://dealer.test/oauth/token", "svc", "secret")
+    token_client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    auth = ClientCredentials(
+        "http://dealer.test/oauth/token", "svc", "secret", http_client=token_client
+    )
 
     async def burst() -> set[int]:
         async with httpx.AsyncClient(auth=auth, transport=httpx.MockTransport(handler)) as http:
@@ -279,3 +283,116 @@ def test_same_auth_object_across_event_loops() -> None:
 
     assert asyncio.run(burst()) == {200}
     assert asyncio.run(burst()) == {200}
+    asyncio.run(token_client.aclose())
+
+
+# -- redirects: the token request never follows one ---------------------------------------------
+
+
+@dataclass
+class Redirect:
+    """A token URL that answers with a redirect to a real token endpoint on another port."""
+
+    status: int
+    token_url: str
+    elsewhere: Dealer  # accepts client-1's secret and would issue a token
+    elsewhere_saw: list[str]  # every request that reached the other port
+
+
+def redirector(status: int, location: str) -> Quart:
+    app = Quart("redirector")
+
+    @app.post("/oauth/token")
+    async def token() -> Any:
+        return "", status, {"Location": location}
+
+    return app
+
+
+def counting(app: Any, seen: list[str]) -> Any:
+    """``app`` behind an ASGI layer that records every HTTP request it is sent."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(f"{scope['method']} {scope['path']}")
+        await app(scope, receive, send)
+
+    return asgi
+
+
+@pytest.fixture(params=[307, 308, 302, 301, 303])
+async def redirect(request: pytest.FixtureRequest, signing_key: Key) -> AsyncIterator[Redirect]:
+    port = free_port()
+    elsewhere = Dealer(f"http://127.0.0.1:{port}", keys=[signing_key], signing=signing_key)
+    seen: list[str] = []
+    target = elsewhere.issuer + "/oauth/token"
+    async with (
+        serve(counting(elsewhere.app(), seen), port),
+        serve(redirector(request.param, target)) as url,
+    ):
+        yield Redirect(request.param, url + "/oauth/token", elsewhere, seen)
+
+
+def assert_not_followed(redirect: Redirect, error: TokenRequestError) -> None:
+    """The error says why; not one request reached the other port."""
+    assert (error.error, error.status_code) == ("invalid_response", redirect.status)
+    why = f"the token endpoint answered {redirect.status} (a redirect, not followed)"
+    assert f"{why}: check token_url" in str(error)
+    assert "s3cret" not in str(error)
+    assert redirect.elsewhere_saw == []
+
+
+@pytest.mark.parametrize("follow_redirects", [True, False])
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
+async def test_a_redirected_token_request_is_not_followed(
+    stack: Stack, redirect: Redirect, method: str, follow_redirects: bool
+) -> None:
+    """Finding 8: the secret never goes to the host a redirect names, whatever the client does."""
+    auth = stack.auth(redirect.token_url, auth_method=method)
+    async with httpx.AsyncClient(auth=auth, follow_redirects=follow_redirects) as http:
+        with pytest.raises(TokenRequestError) as caught:
+            await http.get(stack.data_url)
+    assert_not_followed(redirect, caught.value)
+    assert stack.state.hits == 0  # the service was never called without a token
+
+
+async def test_a_redirect_is_not_followed_by_a_sync_client(
+    stack: Stack, redirect: Redirect
+) -> None:
+    auth = stack.auth(redirect.token_url, auth_method="client_secret_post")
+
+    def call() -> None:
+        with httpx.Client(auth=auth, follow_redirects=True) as http:
+            http.get(stack.data_url)
+
+    with pytest.raises(TokenRequestError) as caught:
+        await asyncio.to_thread(call)
+    assert_not_followed(redirect, caught.value)
+
+
+async def test_a_redirect_is_not_followed_through_a_given_http_client(
+    stack: Stack, redirect: Redirect
+) -> None:
+    """``http_client`` carries the token request; its ``follow_redirects=True`` does not apply."""
+    async with httpx.AsyncClient(follow_redirects=True) as token_client:
+        auth = stack.auth(
+            redirect.token_url, auth_method="client_secret_post", http_client=token_client
+        )
+        async with httpx.AsyncClient(auth=auth, follow_redirects=True) as http:
+            with pytest.raises(TokenRequestError) as caught:
+                await http.get(stack.data_url)
+    assert_not_followed(redirect, caught.value)
+
+
+async def test_token_requests_go_through_the_given_http_client(stack: Stack) -> None:
+    """Its transport, TLS settings and event hooks: here a hook sees the token request."""
+    seen: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(f"{request.method} {request.url.path}")
+
+    async with httpx.AsyncClient(event_hooks={"request": [record]}) as token_client:
+        auth = stack.auth(http_client=token_client)
+        async with httpx.AsyncClient(auth=auth) as http:
+            assert (await http.get(stack.data_url)).status_code == 200
+    assert seen == ["POST /oauth/token"]

@@ -39,6 +39,9 @@ async def post(http: Any, path: str, form: dict[str, str], headers: dict[str, st
 
 
 async def get_token(http: Any, issued: IssuedSecret, **params: str) -> str:
+    """A token for ``jeeves`` unless another audience is named (the fixture client has two)."""
+    if "audience" not in params and "resource" not in params:
+        params = {"audience": "jeeves", **params}
     response = await post(
         http, "/oauth/token", {"grant_type": "client_credentials", **params}, basic(issued)
     )
@@ -106,7 +109,7 @@ async def test_another_client_may_introspect_it(
     token = await get_token(http, client)
     answer = await introspect(http, token, resource_server)
     assert answer["active"] is True and answer["client_id"] == client.client.client_id
-    assert answer["aud"] == ["jeeves", "https://api.example.com/"]
+    assert answer["aud"] == "jeeves"
 
 
 async def test_anything_not_valid_is_only_inactive(

@@ -243,7 +243,13 @@ PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
         ("10.1.1.1", ["198.51.100.1, 10.2.2.2"], PROXIES, "198.51.100.1"),
         ("10.1.1.1", ["198.51.100.1", "10.2.2.2"], PROXIES, "198.51.100.1"),  # two headers
         ("10.1.1.1", ["10.2.2.2"], PROXIES, "10.2.2.2"),  # only proxies: the farthest
-        ("10.1.1.1", ["198.51.100.1, garbage"], PROXIES, "10.1.1.1"),  # garbage from a proxy
+        # Garbage from a proxy: bucketed under its own text, never the proxy's address.
+        ("10.1.1.1", ["198.51.100.1, garbage"], PROXIES, "garbage"),
+        # Proxies that write the client's port: the port goes, the address stays.
+        ("10.1.1.1", ["203.0.113.9:4444"], PROXIES, "203.0.113.9"),
+        ("10.1.1.1", ["[2001:db8::7]:5555"], PROXIES, "2001:db8::7"),
+        ("10.1.1.1", ["[2001:db8::7]"], PROXIES, "2001:db8::7"),
+        ("10.1.1.1", ["198.51.100.1, 10.2.2.2:8080"], PROXIES, "198.51.100.1"),
         ("::ffff:10.1.1.1", [" 2001:db8::1 "], PROXIES, "2001:db8::1"),
         ("fd00::1", ["203.0.113.9"], PROXIES, "203.0.113.9"),
     ],

@@ -29,6 +29,7 @@ FORM = "application/x-www-form-urlencoded"
 ISSUER = "http://dealer.test"
 TOKEN_FIELDS = {"access_token", "token_type", "expires_in", "scope"}
 GRANT = {"grant_type": "client_credentials"}
+GRANT_JEEVES = {**GRANT, "audience": "jeeves"}  # the fixture client has two audiences
 
 Params = Mapping[str, str | Sequence[str]] | Sequence[tuple[str, str]]
 
@@ -82,7 +83,11 @@ async def post(
 async def token_request(
     http: Any, issued: IssuedSecret, *, via: str = "basic", **params: str | Sequence[str]
 ) -> Any:
-    """A client credentials request by ``issued``; grant_type defaults to client_credentials."""
+    """A client credentials request by ``issued``; grant_type defaults to client_credentials,
+    and the audience to ``jeeves`` unless ``audience`` or ``resource`` is given (even blank):
+    the ``client`` fixture has two audiences, so it must name one."""
+    if "audience" not in params and "resource" not in params:
+        params = {"audience": "jeeves", **params}
     form: dict[str, str | Sequence[str]] = {**GRANT, **params}
     if via == "basic":
         return await post(http, form, basic_of(issued))
@@ -173,13 +178,13 @@ async def test_basic_credentials_are_form_url_decoded(http: Any, client: IssuedS
     client_id = client.client.client_id
     with subtests.test(msg="every character percent-encoded"):
         pair = f"{percent_encode_all(client_id)}:{percent_encode_all(client.secret)}"
-        body = await granted(await post(http, GRANT, basic_raw(pair.encode())))
+        body = await granted(await post(http, GRANT_JEEVES, basic_raw(pair.encode())))
         _, claims = await verified(http, body["access_token"], audience="jeeves")
         assert claims["client_id"] == client_id
     # '+' decodes to a space, so a secret with '+' added is another, wrong, secret.
     for secret in (client.secret + "+", "+" + client.secret, client.secret + "%20"):
         with subtests.test(msg=secret):
-            response = await post(http, GRANT, basic_raw(f"{client_id}:{secret}".encode()))
+            response = await post(http, GRANT_JEEVES, basic_raw(f"{client_id}:{secret}".encode()))
             assert await oauth_error(response, 401) == "invalid_client"
 
 
@@ -188,9 +193,9 @@ async def test_what_rfc6749_allows_in_a_request_is_accepted(
 ):
     with subtests.test(msg="a charset parameter on the form content type"):
         content_type = f"{FORM}; charset=UTF-8"
-        await granted(await post(http, GRANT, basic_of(client), content_type=content_type))
+        await granted(await post(http, GRANT_JEEVES, basic_of(client), content_type=content_type))
     with subtests.test(msg="unknown parameters are ignored (§3.2)"):
-        body = [*GRANT.items(), *((f"field{i}", "x") for i in range(10))]
+        body = [*GRANT_JEEVES.items(), *((f"field{i}", "x") for i in range(10))]
         await granted(await post(http, body, basic_of(client)))
     with subtests.test(msg="Basic and the same client_id in the body"):
         await granted(await token_request(http, client, client_id=client.client.client_id))
@@ -249,14 +254,34 @@ async def test_the_requested_audience_is_named_in_the_token(
         _, claims = await verified(http, body["access_token"], audience=api)
         assert claims["aud"] == api
     for params in ({}, {"audience": ""}, {"resource": ""}):
-        with subtests.test(msg=f"none named: {params}"):
-            claims = await claims_of(await token_request(http, client, **params))
-            assert claims["aud"] == ["jeeves", api]
+        with subtests.test(msg=f"none named by a client with two audiences: {params}"):
+            response = await post(http, {**GRANT, **params}, basic_of(client))
+            text = await response.get_data(as_text=True)
+            assert await oauth_error(response) == "invalid_target"
+            assert "jeeves" in text and api in text  # the names it may use
+    with subtests.test(msg="none named by a client with one audience: that one"):
+        single = await registry.create("single", "read", ["jeeves"])
+        claims = await claims_of(await post(http, GRANT_JEEVES, basic_of(single)))
+        assert claims["aud"] == "jeeves"
     with subtests.test(msg="resource twice (RFC 8707 §2)"):
         audiences = ["https://a.example/", "https://b.example/", "https://c.example/"]
         issued = await registry.create("multi", "read", audiences)
         claims = await claims_of(await token_request(http, issued, resource=audiences[:2]))
         assert claims["aud"] == audiences[:2]
+
+
+async def test_a_token_for_the_dealer_is_never_also_for_a_service(
+    http: Any, registry: ClientRegistry
+):
+    """RFC 9700 §2.3: a service holding a token for itself and the dealer could replay it."""
+    api = "https://api.example.com/"
+    issued = await registry.create("admin-tool", "read", [ISSUER, api])
+    both = await token_request(http, issued, resource=[ISSUER, api])
+    assert await oauth_error(both) == "invalid_target"
+    claims = await claims_of(await token_request(http, issued, audience=ISSUER))
+    assert claims["aud"] == ISSUER
+    claims = await claims_of(await token_request(http, issued, resource=api))
+    assert claims["aud"] == api
 
 
 async def test_an_audience_not_granted_to_the_client_is_invalid_target(
@@ -324,8 +349,8 @@ async def test_failed_client_authentication_is_invalid_client_401(
             if via == "basic":
                 assert response.headers["WWW-Authenticate"].startswith("Basic")
     with subtests.test(msg="an unknown client id looks like a wrong secret"):
-        wrong = await post(http, GRANT, basic(client.client.client_id, "not-the-secret"))
-        unknown = await post(http, GRANT, basic("no-such-client", client.secret))
+        wrong = await post(http, GRANT_JEEVES, basic(client.client.client_id, "not-the-secret"))
+        unknown = await post(http, GRANT_JEEVES, basic("no-such-client", client.secret))
         assert await oauth_error(unknown, 401) == "invalid_client"
         assert await unknown.get_json() == await wrong.get_json()
         assert unknown.headers["WWW-Authenticate"] == wrong.headers["WWW-Authenticate"]
@@ -408,7 +433,7 @@ async def test_a_body_that_is_not_a_utf8_form_is_invalid_request(
 
 
 async def test_a_body_over_64_kib_is_413(http: Any, client: IssuedSecret):
-    prefix = "grant_type=client_credentials&padding="
+    prefix = "grant_type=client_credentials&audience=jeeves&padding="
     at_limit = prefix + "x" * (64 * 1024 - len(prefix))
     await granted(await post(http, at_limit, basic_of(client)))
 
@@ -439,7 +464,7 @@ async def test_a_garbage_authorization_header_is_invalid_client(
         "   ",
     ):
         with subtests.test(msg=repr(authorization)):
-            response = await post(http, GRANT, {"Authorization": authorization})
+            response = await post(http, GRANT_JEEVES, {"Authorization": authorization})
             assert await oauth_error(response, 401) == "invalid_client"
     await assert_still_serving(http, client)
 
@@ -448,14 +473,14 @@ async def test_strange_credentials_are_invalid_client(http: Any, client: IssuedS
     """Whatever the id or secret, on either database: 401, never a database error or 503."""
     for client_id in ("\x00", "id\x00", "x" * 1000, "' OR 1=1 --", "%", "ü", "\U0001f600"):
         with subtests.test(msg=f"client_secret_basic, id {client_id[:20]!r}"):
-            response = await post(http, GRANT, basic(client_id, client.secret))
+            response = await post(http, GRANT_JEEVES, basic(client_id, client.secret))
             assert await oauth_error(response, 401) == "invalid_client"
         with subtests.test(msg=f"client_secret_post, id {client_id[:20]!r}"):
             form = {**GRANT, "client_id": client_id, "client_secret": client.secret}
             assert await oauth_error(await post(http, form), 401) == "invalid_client"
     for secret in ("\x00", client.secret + "\x00", "x" * 10000, "ü"):
         with subtests.test(msg=f"secret {secret[:20]!r}"):
-            response = await post(http, GRANT, basic(client.client.client_id, secret))
+            response = await post(http, GRANT_JEEVES, basic(client.client.client_id, secret))
             assert await oauth_error(response, 401) == "invalid_client"
     await assert_still_serving(http, client)
 
@@ -483,7 +508,7 @@ async def test_another_method_is_405_with_allow(http: Any, client: IssuedSecret,
 
 async def test_odd_forms_are_client_errors(http: Any, client: IssuedSecret, subtests):
     with subtests.test(msg="100 fields"):
-        body = [*GRANT.items(), *((f"field{i}", "x") for i in range(100))]
+        body = [*GRANT_JEEVES.items(), *((f"field{i}", "x") for i in range(100))]
         assert await oauth_error(await post(http, body, basic_of(client))) == "invalid_request"
     for content_type in (FORM, None):
         with subtests.test(msg=f"empty body, {content_type}, no credentials"):

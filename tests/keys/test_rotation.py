@@ -66,8 +66,15 @@ def test_a_running_dealer_follows_a_rotation_without_restart(
     dealer.cli("keys", "rotate")
     assert wait_until_signing_with([dealer], client, before["next"][0]) < 5
 
-    jwks = httpx.get(f"{dealer.url}/.well-known/jwks.json").json()
-    published = {key["kid"] for key in jwks["keys"]}
+    # Every worker follows within the reload interval; the JWKS request may land on the
+    # worker that has not reloaded yet, so it is asked until both have (5 s at most).
+    deadline = time.monotonic() + 5
+    while True:
+        jwks = httpx.get(f"{dealer.url}/.well-known/jwks.json").json()
+        published = {key["kid"] for key in jwks["keys"]}
+        if len(published) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert kid_of(old_token) in published  # retired, still published
     assert len(published) == 3
     assert dealer.process.poll() is None  # no restart

@@ -692,6 +692,52 @@ async def test_max_age_is_honoured_and_etag_revalidates(
         assert v.known_kids == {keys.rs.kid}
 
 
+def unusable_entries(keys: SimpleNamespace) -> list[Any]:
+    """JWKS entries a verifier cannot use, each broken its own way (finding 4)."""
+    rs, es = keys.ps.jwk, keys.es.jwk
+    return [
+        {**rs, "kid": "alg-none", "alg": "none"},  # PyJWT raised NotImplementedError
+        {**rs, "kid": "alg-None", "alg": "None"},
+        {**rs, "kid": "alg-list", "alg": ["PS256"]},
+        {**rs, "kid": "n-not-a-string", "n": 12345},
+        {**rs, "kid": "rsa-private-p", "p": "AAAA"},  # private material without "d"
+        {**es, "kid": "crv-unknown", "crv": "P-999"},
+        {**es, "kid": "off-the-curve", "x": es["y"]},
+        {"kty": "XYZ", "kid": "kty-unknown"},
+        {"kty": ["RSA"], "kid": "kty-a-list"},
+        {**rs, "kid": {"not": "a string"}},
+        "not a key",
+        42,
+        None,
+        [rs],
+    ]
+
+
+async def test_unusable_jwks_entries_do_not_cost_the_good_key(
+    keys: SimpleNamespace, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One good key among bad entries, served by a real server: its tokens keep passing."""
+    jwks_app = Quart("jwks")
+
+    @jwks_app.get("/jwks.json")
+    async def jwks() -> Any:
+        return {"keys": [*unusable_entries(keys), keys.rs.jwk]}
+
+    caplog.set_level(logging.WARNING, "tokendealer.verify")
+    async with serve(jwks_app) as jwks_base:
+        verifier = TokenVerifier(ISSUER, AUDIENCE, jwks_url=jwks_base + "/jwks.json")
+        async with serve(make_service(verifier)) as service, httpx.AsyncClient() as http:
+            response = await http.get(service + "/data", headers=_bearer(mint(keys.rs)))
+        assert response.status_code == 200, response.text
+        assert response.json() == {"client": "client-1", "scope": "read"}
+        assert verifier.known_kids == {keys.rs.kid}
+    assert "keeping 0 cached keys" not in caplog.text
+    for kid in ("'alg-none'", "'alg-None'", "'crv-unknown'", "'kty-unknown'", "'rsa-private-p'"):
+        assert f"skipping key {kid}" in caplog.text
+    for material in (keys.ps.jwk["n"], keys.es.jwk["x"], keys.rs.jwk["n"]):
+        assert material not in caplog.text  # the kid and a reason, never the key
+
+
 async def test_revoked_key_stops_its_cached_tokens(running: Running, keys: SimpleNamespace) -> None:
     running.dealer.keys = [keys.rs, keys.es]
     running.dealer.max_age = 0

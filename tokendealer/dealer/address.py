@@ -18,14 +18,32 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN = "unknown"  # no peer address (a Unix socket, a test client)
 
 
+MAX_RAW_HOP = 64  # characters of an unparsable hop kept as its bucket
+
+
 def _ip(text: str) -> Address | None:
     try:
-        address = ipaddress.ip_address(text.strip())
+        address = ipaddress.ip_address(_without_port(text.strip()))
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def _without_port(hop: str) -> str:
+    """``203.0.113.9:4444`` -> ``203.0.113.9``, ``[2001:db8::7]:5555`` -> ``2001:db8::7``.
+
+    Some proxies write the client's port too (RFC 7239 §6 allows it in
+    ``Forwarded``; in ``X-Forwarded-For`` it is common practice).
+    """
+    if hop.startswith("["):
+        host, bracket, _ = hop[1:].partition("]")
+        return host if bracket else hop
+    host, colon, port = hop.rpartition(":")
+    if colon and "." in host and ":" not in host and port.isdigit():
+        return host  # IPv4 with a port; a bare IPv6 address has more than one colon
+    return hop
 
 
 def _trusted(address: Address, proxies: Iterable[Network]) -> bool:
@@ -52,8 +70,8 @@ def source_address(
     nearest = peer
     for hop in reversed(hops):
         address = _ip(hop)
-        if address is None:  # garbage where a proxy should have written an address
-            return str(nearest)
+        if address is None:  # garbage: its own bucket, never the proxy's (shared by everyone)
+            return hop.strip()[:MAX_RAW_HOP] or UNKNOWN
         if not _trusted(address, proxies):
             return str(address)
         nearest = address

@@ -19,7 +19,8 @@ from tokendealer.dealer import (
     revoke,
     token,
 )
-from tokendealer.dealer.asgi import draining, head_limit, shedding
+from tokendealer.dealer.asgi import body_gate, draining, head_checks, shedding
+from tokendealer.dealer.asgi.request import BODY_TIMEOUT, MAX_BODY_BYTES
 from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.dealer.state import EXTENSION, DealerState
 from tokendealer.keys.file_store import KeyStore
@@ -37,11 +38,11 @@ def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or Settings.from_env()
     app = Quart("tokendealer")
     # The same body limits for the Quart endpoints as for the token endpoint's own reading.
-    app.config.update(MAX_CONTENT_LENGTH=token.MAX_BODY_BYTES, BODY_TIMEOUT=token.BODY_TIMEOUT)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, BODY_TIMEOUT=BODY_TIMEOUT)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     engine = create_engine(settings.database_url, settings.db_timeout)
-    store = KeyStore(settings.keys_dir, settings.key_passphrase)
+    store = KeyStore.from_settings(settings)
     registry = ClientRegistry(engine)
     state = DealerState(
         settings=settings,
@@ -95,14 +96,20 @@ def create_app(settings: Settings | None = None) -> Quart:
         openapi.blueprint,
     ):
         app.register_blueprint(blueprint)
-    # Outermost first: Connection: close on every answer while draining, time and
-    # count everything (shed answers too), then shed load before anything reads
-    # the request, then bound the request head.
+    # Outermost first: Connection: close on every answer while draining; time and
+    # count everything (refused answers too); refuse bad heads; read bodies whole,
+    # capped per address, before a request counts as in flight; then shed load
+    # before the endpoint sees it.
     app.asgi_app = draining.middleware(  # type: ignore[method-assign]
         metrics.instrument(
-            shedding.shed_load(
-                head_limit.limit_head(token.serve_token_endpoint(app.asgi_app, state)),
-                settings.max_inflight,
+            head_checks.check_head(
+                body_gate.gate_bodies(
+                    shedding.shed_load(
+                        token.serve_token_endpoint(app.asgi_app, state), settings.max_inflight
+                    ),
+                    settings.max_unfinished_bodies,
+                    settings.trusted_proxies,
+                )
             )
         )
     )

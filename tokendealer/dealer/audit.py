@@ -18,16 +18,23 @@ request was refused: ``reason`` is the RFC 6749 §5.2 code),
 
 Never a secret, never a token: only the fields above are written. Values a
 caller chose (a client id that failed, a requested scope) are cut to
-:data:`MAX_FIELD` characters and JSON-escaped, so they cannot forge lines.
+:data:`MAX_FIELD` characters and JSON-escaped, so they cannot forge lines. A
+client id that names no client is written only when it has the shape of the
+ids the dealer makes; anything else may be a secret sent in the wrong field
+(id and secret swapped), so it is written as ``sha256:`` and 16 hex digits of
+its digest, enough to tell repeats apart (:func:`presented_client_id`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Sequence
+
+from tokendealer.store.registry import GENERATED_CLIENT_ID
 
 log = logging.getLogger("tokendealer.audit")
 MAX_FIELD = 200
@@ -35,6 +42,14 @@ MAX_FIELD = 200
 
 def _cut(value: str | None) -> str | None:
     return value if value is None or len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
+
+
+def presented_client_id(client_id: str | None) -> str | None:
+    """A client id as presented, fit for the log: as it is when shaped like ours, else hashed."""
+    if client_id is None or GENERATED_CLIENT_ID.fullmatch(client_id):
+        return client_id
+    digest = hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return "sha256:" + digest[:16]
 
 
 @functools.lru_cache(maxsize=2)

@@ -24,7 +24,7 @@ from tokendealer.dealer.errors import OAuthError, invalid_client, invalid_reques
 from tokendealer.dealer.forms import Form, one
 from tokendealer.dealer.ratelimit import Blocked
 from tokendealer.dealer.state import DealerState
-from tokendealer.store.registry import Client, check_secret
+from tokendealer.store.registry import Client, check_secret, digest_secret
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,12 @@ async def authenticate_client(
     client_id, secret, method = credentials
     if blocked := state.limiter.blocked(client_id, bucket):
         _rate_limited(endpoint, source, client_id, blocked)
-    if cached and (client := state.clients.granted(client_id, secret)) is not None:
+    offered = digest_secret(secret)  # once per request, whichever way it is checked
+    if cached and (client := state.clients.granted(client_id, offered)) is not None:
         return Caller(client, method, source)
     # Not granted from memory: what the database says now (and the cache keeps it).
     find = state.clients.find if cached else state.registry.find
-    client, reason = check_secret(await state.db_call(find(client_id)), secret)
+    client, reason = check_secret(await state.db_call(find(client_id)), offered)
     if client is None:
         await _failed(state, endpoint, source, bucket, client_id, reason)
     if not client.enabled:
@@ -144,7 +145,7 @@ def _rate_limited(endpoint: str, source: str, client_id: str | None, blocked: Bl
         "rate_limited",
         source=source,
         endpoint=endpoint,
-        client_id=client_id,
+        client_id=audit.presented_client_id(client_id),  # not looked up: may not exist
         reason=f"rate_limited_{blocked.limit}",
     )
     raise slow_down(blocked.retry_after)
@@ -164,5 +165,6 @@ async def _failed(
         _rate_limited(endpoint, source, None, blocked)
     if refused := await state.limiter.failed(client_id, bucket):
         _rate_limited(endpoint, source, client_id, refused)
-    _refuse(endpoint, source, client_id, reason)
+    known = reason != "unknown_client"  # a registered id is no secret, whatever its shape
+    _refuse(endpoint, source, client_id if known else audit.presented_client_id(client_id), reason)
     raise invalid_client(description)

@@ -23,7 +23,13 @@ from urllib.parse import urlsplit
 
 from tokendealer.dealer import audit, metrics
 from tokendealer.dealer.address import source_address
-from tokendealer.dealer.asgi.request import ASGIApp, RequestHead, read_body
+from tokendealer.dealer.asgi.request import (
+    BODY_TIMEOUT,
+    MAX_BODY_BYTES,
+    ASGIApp,
+    RequestHead,
+    read_body,
+)
 from tokendealer.dealer.authentication import Caller, authenticate_client
 from tokendealer.dealer.errors import (
     NO_STORE_ASGI,
@@ -40,8 +46,6 @@ from tokendealer.store.registry import Client, ClientError, parse_scopes
 log = logging.getLogger("tokendealer")
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105 -- a path, not a secret
-MAX_BODY_BYTES = 64 * 1024  # a token request is a few hundred bytes
-BODY_TIMEOUT = 10.0  # seconds for the whole body once the head arrived
 METHOD_NOT_ALLOWED = OAuthError(
     "invalid_request", "the token endpoint accepts POST only", 405, {"Allow": "POST"}
 )
@@ -61,8 +65,15 @@ def granted_scope(client: Client, requested: str | None) -> tuple[str, ...]:
     return scopes or client.scope_list
 
 
-def granted_audience(client: Client, form: Form) -> Sequence[str]:
-    """``audience`` or RFC 8707 ``resource`` must name the client's audiences; default all."""
+def granted_audience(client: Client, form: Form, issuer: str) -> Sequence[str]:
+    """The token's audience: named by ``audience`` or RFC 8707 ``resource`` (repeatable).
+
+    One token, one resource server (RFC 9700 §2.3): a request that names none gets
+    the client's audience only when it has exactly one; a client with several must
+    name what it wants (``invalid_target`` lists the names it may use). A token for
+    the dealer itself (its issuer) is never also a token for a service, which could
+    otherwise replay it to the dealer.
+    """
     audience, resources = form.get("audience"), form.get("resource")
     if audience and resources:
         raise invalid_request("use audience or resource, not both")
@@ -76,12 +87,22 @@ def granted_audience(client: Client, form: Form) -> Sequence[str]:
                 raise OAuthError(
                     "invalid_target", "resource must be an absolute URI without a fragment"
                 )
-    requested = audience or resources
+    requested = list(dict.fromkeys(audience or resources or ()))
     if not requested:
-        return client.audiences
+        if len(client.audiences) == 1:
+            return client.audiences
+        raise OAuthError(
+            "invalid_target",
+            "this client has several audiences: name one with audience (or resource): "
+            + ", ".join(client.audiences),
+        )
     if unknown := [aud for aud in requested if aud not in client.audiences]:
         raise OAuthError("invalid_target", f"audience not allowed for this client: {unknown[0]}")
-    return list(dict.fromkeys(requested))
+    if issuer in requested and len(requested) > 1:
+        raise OAuthError(
+            "invalid_target", "a token for the dealer itself cannot also be for another audience"
+        )
+    return requested
 
 
 def serve_token_endpoint(app: ASGIApp, state: DealerState) -> ASGIApp:
@@ -139,7 +160,7 @@ async def issue(state: DealerState, caller: Caller, form: Form) -> bytes:
         raise OAuthError("unsupported_grant_type", "only client_credentials is supported")
     client = caller.client
     scope = granted_scope(client, one(form, "scope"))
-    audience = granted_audience(client, form)
+    audience = granted_audience(client, form, state.settings.issuer)
 
     ttl = min(client.token_ttl or state.settings.token_ttl, state.settings.token_ttl)
     claims = access_token_claims(

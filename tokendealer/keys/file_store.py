@@ -8,6 +8,20 @@ replicas starting together on a shared volume) serialise instead of racing; the
 kernel drops a ``flock`` with its process, so a writer that crashed leaves no
 stale lock. A writer killed before its rename leaves only its temp file, which
 no reader opens and the next writer removes.
+
+Private keys are PKCS#8 PEM, encrypted under ``TOKENDEALER_KEY_PASSPHRASE``
+when it is set. A file is taken only when its keys agree with that setting:
+all unencrypted without a passphrase; all encrypted with one, under it or
+under ``TOKENDEALER_KEY_PASSPHRASE_PREVIOUS`` (which decrypts and never
+encrypts: every write is under the current passphrase). Unencrypted keys
+while a passphrase is set, or a mix, are refused with one line naming
+``tokendealer keys rewrap``, the one operation that reads such a file: it
+writes every key under the current passphrase.
+
+Every way a file can fail to load (absent, not a regular file, unreadable,
+not JSON, a field of the wrong type, a key that does not decrypt) is one
+:class:`KeySetError` line that names the defect and never repeats a value
+read from the file, so it can be logged as it is.
 """
 
 from __future__ import annotations
@@ -16,23 +30,26 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from tokendealer.config import SIGNING_ALGORITHMS
+from tokendealer.config import SIGNING_ALGORITHMS, Settings
 from tokendealer.keys.keyset import (
+    STATES,
     KeySet,
     KeySetError,
     PrivateKey,
     SigningKey,
     jwk_thumbprint,
-    parse_time,
+    key_fits,
     public_jwk_members,
     rotated,
     utc_now,
@@ -42,6 +59,33 @@ KEYSET_FILE = "keyset.json"
 LOCK_FILE = ".lock"
 TEMP_PREFIX, TEMP_SUFFIX = ".keyset-", ".tmp"  # a write in progress, or a crashed one
 FORMAT = "tokendealer-keyset/1"
+# The settings' names, for messages (not secrets):
+PASSPHRASE = "TOKENDEALER_KEY_PASSPHRASE"  # noqa: S105
+PREVIOUS_PASSPHRASE = "TOKENDEALER_KEY_PASSPHRASE_PREVIOUS"  # noqa: S105
+
+# What a private key in the file was encrypted under: nothing, the current
+# passphrase, or the previous one.
+Wrapping = Literal["plain", "current", "previous"]
+
+
+@dataclass(frozen=True)
+class Passphrases:
+    """``current`` encrypts and decrypts; ``previous`` only decrypts (a passphrase change)."""
+
+    current: str | None = field(default=None, repr=False)
+    previous: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class StoredKeySet:
+    """A key set as read from its file, with what each of its private keys was encrypted under."""
+
+    keyset: KeySet
+    wrappings: tuple[Wrapping, ...]
+
+    def not_under_current(self) -> int:
+        """How many keys ``keys rewrap`` has to move to the current passphrase."""
+        return sum(wrapping != "current" for wrapping in self.wrappings)
 
 
 def serialize_keyset(keyset: KeySet, passphrase: str | None) -> bytes:
@@ -60,58 +104,127 @@ def serialize_keyset(keyset: KeySet, passphrase: str | None) -> bytes:
     return json.dumps({"format": FORMAT, "keys": entries}, indent=2).encode() + b"\n"
 
 
-def parse_keyset(data: bytes, passphrase: str | None) -> KeySet:
-    """Parse and check a key set file; any defect raises :class:`KeySetError` with one line."""
+def parse_keyset(data: bytes, passphrases: Passphrases) -> StoredKeySet:
+    """Parse and check a key set file; any defect raises :class:`KeySetError` with one line.
+
+    Whether its encryption agrees with the passphrase setting is the store's
+    call (:meth:`KeyStore.load`), since ``keys rewrap`` reads what others refuse.
+    """
+    parsed = [
+        _parse_entry(f"key {position}", entry, passphrases)
+        for position, entry in enumerate(_entries(data), 1)
+    ]
+    keyset = KeySet(tuple(key for key, _ in parsed)).validate()
+    return StoredKeySet(keyset, tuple(wrapping for _, wrapping in parsed))
+
+
+def _entries(data: bytes) -> list[Any]:
+    """The file's list of keys; only positions, never content, in the errors."""
     try:
         document = json.loads(data)
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise KeySetError(f"not a {FORMAT} file")
-        keys = tuple(_parse_entry(entry, passphrase) for entry in document["keys"])
-    except KeySetError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        # Messages from cryptography never contain key material; keep them short.
-        raise KeySetError(f"the key set file cannot be read: {type(exc).__name__}: {exc}") from None
-    return KeySet(keys).validate()
+    except json.JSONDecodeError as exc:
+        raise KeySetError(
+            f"not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, or nested beyond reason
+        raise KeySetError(f"not JSON ({type(exc).__name__})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise KeySetError(f"not a {FORMAT} file")
+    entries = document.get("keys")
+    if not isinstance(entries, list):
+        raise KeySetError("its keys are not a JSON list")
+    return entries
 
 
-def _parse_entry(entry: dict[str, Any], passphrase: str | None) -> SigningKey:
-    pem = entry["private_key"].encode()
-    encrypted = b"ENCRYPTED" in pem.split(b"\n", 1)[0]
-    if encrypted and not passphrase:
-        raise KeySetError("the private keys are encrypted: set TOKENDEALER_KEY_PASSPHRASE")
-    try:
-        private_key = serialization.load_pem_private_key(
-            pem, password=passphrase.encode() if encrypted and passphrase else None
-        )
-    except ValueError:
-        if encrypted:
-            raise KeySetError(
-                "cannot decrypt the private keys: TOKENDEALER_KEY_PASSPHRASE is wrong"
-            ) from None
-        raise
-    except TypeError:  # a passphrase given for unencrypted keys is harmless
-        private_key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(private_key, PrivateKey):
-        raise KeySetError(f"key {entry['kid']!r} has an unsupported key type")
-    kid = jwk_thumbprint(public_jwk_members(private_key))
-    if kid != entry["kid"]:
-        raise KeySetError(f"key {entry['kid']!r} does not match its private key")
-    if entry["alg"] not in SIGNING_ALGORITHMS or entry["state"] not in (
-        "next",
-        "current",
-        "retired",
-    ):
-        raise KeySetError(f"key {kid!r} has an unknown alg or state")
-    return SigningKey(
+def _parse_entry(where: str, entry: Any, passphrases: Passphrases) -> tuple[SigningKey, Wrapping]:
+    if not isinstance(entry, dict):
+        raise KeySetError(f"{where} is not a JSON object")
+    kid, pem = _string(entry, "kid", where), _string(entry, "private_key", where)
+    alg, state = entry.get("alg"), entry.get("state")
+    if alg not in SIGNING_ALGORITHMS:
+        raise KeySetError(f"{where}: alg is not one of {', '.join(SIGNING_ALGORITHMS)}")
+    if state not in STATES:
+        raise KeySetError(f"{where}: state is not one of {', '.join(STATES)}")
+    if not pem.isascii():  # PEM is ASCII; anything else would fail to encode
+        raise KeySetError(f"{where}: private_key is not a PEM private key")
+    private_key, wrapping = _unwrap(where, pem.encode(), passphrases)
+    if not key_fits(alg, private_key):
+        raise KeySetError(f"{where}: its private key is not a key for {alg}")
+    if jwk_thumbprint(public_jwk_members(private_key)) != kid:
+        raise KeySetError(f"{where}: kid does not match its private key")
+    key = SigningKey(
         kid=kid,
-        alg=entry["alg"],
-        state=entry["state"],
+        alg=alg,
+        state=state,
         private_key=private_key,
-        created_at=parse_time(entry["created_at"]) or utc_now(),
-        activated_at=parse_time(entry.get("activated_at")),
-        retired_at=parse_time(entry.get("retired_at")),
+        created_at=_time(entry, "created_at", where) or utc_now(),
+        activated_at=_time(entry, "activated_at", where),
+        retired_at=_time(entry, "retired_at", where),
     )
+    return key, wrapping
+
+
+def _string(entry: dict[str, Any], name: str, where: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str):
+        raise KeySetError(f"{where}: {name} is not a string")
+    return value
+
+
+def _time(entry: dict[str, Any], name: str, where: str) -> datetime | None:
+    """An ISO 8601 time with its offset (ours end in Z), or None when absent."""
+    raw = entry.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except (AttributeError, TypeError, ValueError):
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise KeySetError(f"{where}: {name} is not an ISO 8601 time with a time zone")
+    return moment
+
+
+def _unwrap(where: str, pem: bytes, passphrases: Passphrases) -> tuple[PrivateKey, Wrapping]:
+    """The private key and what it was encrypted under; tries the current passphrase first."""
+    try:
+        return _private_key(where, pem, None), "plain"
+    except TypeError:  # encrypted: cryptography says so before any decryption
+        pass
+    if not passphrases.current:
+        raise KeySetError(f"the private keys are encrypted: set {PASSPHRASE}")
+    candidates: tuple[tuple[Wrapping, str | None], ...] = (
+        ("current", passphrases.current),
+        ("previous", passphrases.previous),
+    )
+    for wrapping, passphrase in candidates:
+        if passphrase:
+            with contextlib.suppress(ValueError):
+                return _private_key(where, pem, passphrase.encode()), wrapping
+    if passphrases.previous:
+        raise KeySetError(
+            f"cannot decrypt the private keys: neither {PASSPHRASE} nor {PREVIOUS_PASSPHRASE} "
+            "opens them"
+        )
+    raise KeySetError(
+        f"cannot decrypt the private keys: {PASSPHRASE} is wrong (after changing it, set "
+        f"{PREVIOUS_PASSPHRASE} to the old one and run `tokendealer keys rewrap`)"
+    )
+
+
+def _private_key(where: str, pem: bytes, password: bytes | None) -> PrivateKey:
+    """One PEM key. TypeError: encrypted, and no ``password``; ValueError: a wrong one."""
+    try:
+        private_key = serialization.load_pem_private_key(pem, password=password)
+    except ValueError:
+        if password is not None:
+            raise
+        raise KeySetError(f"{where}: private_key is not a PEM private key") from None
+    except UnsupportedAlgorithm:
+        raise KeySetError(f"{where}: private_key is of an unsupported type") from None
+    if not isinstance(private_key, PrivateKey):
+        raise KeySetError(f"{where}: private_key is of an unsupported type")
+    return private_key
 
 
 @dataclass(frozen=True)
@@ -124,9 +237,10 @@ class FileStamp:
 
     @classmethod
     def of(cls, path: Path) -> FileStamp | None:
+        """None when there is nothing to stat; :meth:`KeyStore.load` then says why."""
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except OSError:
             return None
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -134,41 +248,118 @@ class FileStamp:
 class KeyStore:
     """Reads and changes the key set in one directory, safely across processes."""
 
-    def __init__(self, directory: Path, passphrase: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        passphrase: str | None = None,
+        previous_passphrase: str | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.passphrase = passphrase
+        self.previous_passphrase = previous_passphrase
         self.path = self.directory / KEYSET_FILE
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyStore:
+        """The store as configured: directory, passphrase and previous passphrase."""
+        return cls(settings.keys_dir, settings.key_passphrase, settings.key_passphrase_previous)
+
+    @property
+    def passphrases(self) -> Passphrases:
+        return Passphrases(self.passphrase, self.previous_passphrase)
 
     # -- reading ---------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.path.exists()
+        """Anything at the path, even a dangling link: :meth:`ensure` must not replace it."""
+        return os.path.lexists(self.path)
 
     def stamp(self) -> FileStamp | None:
         return FileStamp.of(self.path)
 
     def load(self) -> KeySet:
-        """The key set on disk; raises :class:`KeySetError` when absent or broken."""
-        self.check_permissions()
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            raise KeySetError(
-                f"no key set in {self.directory}/: "
-                "run 'tokendealer keys list' or start the server to create one"
-            ) from None
-        return parse_keyset(data, self.passphrase)
+        """The key set on disk, as the dealer and every ``keys`` command but rewrap take it.
+
+        Raises :class:`KeySetError` (one line) when it is absent, unreadable,
+        damaged, or not encrypted the way ``TOKENDEALER_KEY_PASSPHRASE`` says.
+        """
+        stored = self._read_stored()
+        self._check_wrappings(stored.wrappings)
+        return stored.keyset
 
     def check_permissions(self) -> None:
         """Refuse a private key file readable by group or others."""
         try:
             mode = self.path.stat().st_mode
-        except FileNotFoundError:
+        except OSError:
             return
+        self._check_mode(mode)
+
+    def _check_mode(self, mode: int) -> None:
         if mode & 0o077:
             raise KeySetError(
                 f"{self.path} is accessible by group or others (mode {mode & 0o777:o}); "
                 f"run: chmod 600 {self.path}"
+            )
+
+    def _check_passphrases(self) -> None:
+        """A previous passphrase alone would let a write store the keys unencrypted."""
+        if self.previous_passphrase and not self.passphrase:
+            raise KeySetError(
+                f"{PREVIOUS_PASSPHRASE} is set but {PASSPHRASE} is not: set {PASSPHRASE} "
+                "to the passphrase the keys are to be encrypted under"
+            )
+
+    def _read_stored(self) -> StoredKeySet:
+        """The parsed file, whatever its encryption; defects are one line naming the file."""
+        self._check_passphrases()
+        data = self._read()
+        try:
+            return parse_keyset(data, self.passphrases)
+        except KeySetError as exc:
+            raise KeySetError(f"{self.path}: {exc}") from None
+        except Exception as exc:  # a defect nobody foresaw: its type only, the text may quote
+            raise KeySetError(f"{self.path}: cannot be parsed ({type(exc).__name__})") from None
+
+    def _read(self) -> bytes:
+        """The bytes of a private regular file (a FIFO or a directory in its place is refused)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KeySetError(self._missing()) from None
+        except OSError as exc:
+            raise KeySetError(f"cannot read {self.path}: {_reason(exc)}") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise KeySetError(f"{self.path} is not a regular file")
+            self._check_mode(mode)
+            return _read_all(fd)
+        except OSError as exc:
+            raise KeySetError(f"cannot read {self.path}: {_reason(exc)}") from None
+        finally:
+            os.close(fd)
+
+    def _missing(self) -> str:
+        if os.path.islink(self.path):
+            return f"{self.path} is a symbolic link to a file that does not exist"
+        return (
+            f"no key set in {self.directory}/: "
+            "run 'tokendealer keys list' or start the server to create one"
+        )
+
+    def _check_wrappings(self, wrappings: tuple[Wrapping, ...]) -> None:
+        """Refuse keys whose encryption disagrees with the passphrase setting (rewrap fixes it)."""
+        found = set(wrappings)
+        if "plain" in found and len(found) > 1:
+            raise KeySetError(
+                f"the key set in {self.path} has both encrypted and unencrypted private keys: "
+                "run `tokendealer keys rewrap` to encrypt them all"
+            )
+        if found == {"plain"} and self.passphrase:
+            raise KeySetError(
+                f"the key set in {self.path} is not encrypted but {PASSPHRASE} is set: "
+                "run `tokendealer keys rewrap` to encrypt it"
             )
 
     # -- changing (each under the directory lock) --------------------------
@@ -242,6 +433,27 @@ class KeyStore:
             self._write(after)
             return revoked, after
 
+    def rewrap(self) -> tuple[int, KeySet]:
+        """Encrypt every private key under the current passphrase; returns (moved, key set).
+
+        Reads what :meth:`load` refuses (unencrypted or mixed keys) and keys under
+        the previous passphrase. ``moved`` counts the keys that were not under
+        the current passphrase; when it is 0 the file is left as it is, so
+        running dealers have nothing to reload. The kids never change.
+        """
+        self._check_passphrases()
+        if not self.passphrase:
+            raise KeySetError(
+                f"keys rewrap needs {PASSPHRASE}: set it to the passphrase to encrypt "
+                "the keys under"
+            )
+        with self.locked():
+            stored = self._read_stored()
+            moved = stored.not_under_current()
+            if moved:
+                self._write(stored.keyset)
+            return moved, stored.keyset
+
     def _write(self, keyset: KeySet) -> None:
         """Atomic replace: temp file (0600) in the same dir, fsync, rename, fsync the dir.
 
@@ -249,6 +461,7 @@ class KeyStore:
         leftover of a writer killed before its rename (SIGKILL, power loss). It
         holds copies of private keys, perhaps of one revoked or pruned since: it goes.
         """
+        self._check_passphrases()
         data = serialize_keyset(keyset, self.passphrase)
         self.directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.directory.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
@@ -271,3 +484,15 @@ class KeyStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reason(exc: OSError) -> str:
+    """The error without its file name (the caller names the file as configured)."""
+    return exc.strerror or type(exc).__name__

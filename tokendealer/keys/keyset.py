@@ -28,6 +28,7 @@ from tokendealer.config import SIGNING_ALGORITHMS
 RSA_KEY_BITS = 2048
 
 State = Literal["next", "current", "retired"]
+STATES: tuple[State, ...] = ("next", "current", "retired")
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order.
@@ -69,6 +70,17 @@ def generate_private_key(alg: str) -> PrivateKey:
     raise KeySetError(
         f"unsupported signing algorithm {alg!r}; use one of {', '.join(SIGNING_ALGORITHMS)}"
     )
+
+
+def key_fits(alg: str, private_key: PrivateKey) -> bool:
+    """Whether ``alg`` can sign with this key: a key set that says otherwise fails every token."""
+    if alg in ("RS256", "PS256"):
+        return isinstance(private_key, rsa.RSAPrivateKey)
+    if alg == "ES256":
+        return isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(
+            private_key.curve, ec.SECP256R1
+        )
+    return alg == "EdDSA" and isinstance(private_key, ed25519.Ed25519PrivateKey)
 
 
 def public_jwk_members(private_key: PrivateKey) -> dict[str, str]:

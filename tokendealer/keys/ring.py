@@ -2,9 +2,12 @@
 
 Each worker polls the key set file with one ``stat`` every
 ``TOKENDEALER_KEYS_RELOAD_INTERVAL`` seconds and re-reads it only when its
-inode, size or mtime moved. A file that cannot be read (truncated, garbage,
-wrong passphrase) leaves the last good set in use; the error is logged once
-and reported by ``/readyz`` until a good file appears.
+inode, size or mtime moved. Any failure to load it (unreadable, not a file,
+garbage, a field of the wrong type, a refused encryption, even an error
+nobody foresaw) leaves the last good set in use and makes the ring *stale*:
+the reason is logged once, as one line without key material, and once more
+when a good file is back. ``/readyz`` and the metrics only say stale; the
+reason is for the log, since ``/readyz`` answers anyone.
 """
 
 from __future__ import annotations
@@ -18,43 +21,82 @@ from tokendealer.keys.keyset import KeySet, KeySetError
 log = logging.getLogger("tokendealer.keys")
 
 
+def describe(exc: BaseException) -> str:
+    """One log line saying what is wrong: our own messages, else only the error's type.
+
+    :class:`KeySetError` messages never repeat a value read from the file;
+    other errors might (a library quoting its input), so only their type is told.
+    """
+    if isinstance(exc, KeySetError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        text = f"cannot read the key set: {exc.strerror or type(exc).__name__}"
+    else:
+        text = f"cannot read the key set: unexpected {type(exc).__name__}"
+    return " ".join(text.split())
+
+
 class KeyRing:
     """Holds the last good :class:`KeySet` and follows changes on disk."""
 
     def __init__(self, store: KeyStore, interval: float) -> None:
         self.store = store
         self.interval = interval
+        # Why the newest file was not taken (None: it was). For the log and the
+        # metrics' stale flag; never shown to an HTTP client.
         self.error: str | None = None
+        self._checked = False
         self._stamp: FileStamp | None = None
         self._keyset: KeySet | None = None
 
     @property
     def keyset(self) -> KeySet:
         if self._keyset is None:
-            raise KeySetError(self.error or "no key set loaded")
+            raise KeySetError("no key set loaded")
         return self._keyset
 
     @property
     def loaded(self) -> bool:
         return self._keyset is not None
 
+    @property
+    def stale(self) -> bool:
+        """The newest file could not be loaded: the last good set (if any) is in use."""
+        return self.error is not None
+
     def refresh(self) -> bool:
-        """Re-read the file if it changed; True when a new set was taken."""
-        stamp = self.store.stamp()
-        if stamp is not None and stamp == self._stamp:
-            return False
+        """Re-read the file if it changed; True when a new set was taken. Never raises.
+
+        A file that failed is retried once it changes again, not on every tick.
+        """
         try:
+            stamp = self.store.stamp()
+            if self._checked and stamp == self._stamp:
+                return False
+            self._checked, self._stamp = True, stamp
             keyset = self.store.load()
-        except (KeySetError, OSError) as exc:
-            self._stamp = stamp  # retried as soon as the file changes again
-            if str(exc) != self.error:
-                log.error("key set not reloaded, keeping the last good one: %s", exc)
-            self.error = str(exc)
+        except Exception as exc:  # any failure to load counts as stale; none escapes
+            self._refused(describe(exc))
             return False
-        previous, self._keyset, self._stamp, self.error = self._keyset, keyset, stamp, None
-        if previous is not None and previous.current.kid != keyset.current.kid:
-            log.info("key set reloaded: now signing with kid %s", keyset.current.kid)
+        self._took(keyset)
         return True
+
+    def _refused(self, reason: str) -> None:
+        """Keep the last good set; log the reason once, not on every tick."""
+        if reason != self.error:
+            if self._keyset is None:
+                log.error("no key set loaded: %s", reason)
+            else:
+                log.error("key set not reloaded, keeping the last good one: %s", reason)
+        self.error = reason
+
+    def _took(self, keyset: KeySet) -> None:
+        previous, recovered = self._keyset, self.error is not None
+        self._keyset, self.error = keyset, None
+        if recovered:
+            log.info("key set good again, no longer stale: kid %s signs", keyset.current.kid)
+        elif previous is not None and previous.current.kid != keyset.current.kid:
+            log.info("key set reloaded: now signing with kid %s", keyset.current.kid)
 
     async def follow(self) -> None:
         """Poll for changes until cancelled (a ``before_serving`` background task)."""
@@ -62,5 +104,5 @@ class KeyRing:
             await asyncio.sleep(self.interval)
             try:
                 await asyncio.to_thread(self.refresh)
-            except Exception:  # never let the follower die: the next tick tries again
-                log.exception("key set check failed")
+            except Exception as exc:  # never let the follower die: the next tick tries again
+                log.error("key set check failed: %s", describe(exc))

@@ -24,6 +24,7 @@ import jwt
 from jwt import get_algorithm_by_name
 
 from tokendealer.keys.keyset import KeySet, SigningKey, UnknownKeyError
+from tokendealer.verify._encoding import non_canonical
 
 TOKEN_TYPE = "at+jwt"  # noqa: S105 -- RFC 9068 §2.1 media type, not a secret
 # Ours are about 1 KiB; anything far larger is not ours and is refused unparsed.
@@ -100,6 +101,7 @@ def access_token_claims(
 def read_access_token(keyset: KeySet, token: str, issuer: str) -> dict[str, Any]:
     """The claims of a valid token of ours, else :class:`InvalidAccessToken`.
 
+    The token must be spelled as we sign it (canonical base64url, RFC 7515 §2).
     RFC 9068 §4: ``typ`` is ``at+jwt``; the key is the published one named by
     ``kid`` and the algorithm is that key's, never the header's choice; ``iss``
     is ours, exactly; ``exp`` has not passed (no leeway: the clock is our own).
@@ -107,6 +109,8 @@ def read_access_token(keyset: KeySet, token: str, issuer: str) -> dict[str, Any]
     """
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
         raise InvalidAccessToken("not a token of a plausible size")
+    if (reason := non_canonical(token)) is not None:  # one spelling per token (RFC 7515 §2)
+        raise InvalidAccessToken(reason)
     try:
         header = jwt.get_unverified_header(token)
         kid = header.get("kid")

@@ -84,7 +84,7 @@ LOGGING: dict[str, Any] = {
 
 def prepare_keys(settings: Settings) -> None:
     """Create the key set if missing (once, under the key-dir lock) and check it loads."""
-    store = KeyStore(settings.keys_dir, settings.key_passphrase)
+    store = KeyStore.from_settings(settings)
     _, created = store.ensure(settings.signing_alg)
     if created:
         log.info("created a new %s key set in %s/", settings.signing_alg, settings.keys_dir)

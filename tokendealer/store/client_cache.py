@@ -23,7 +23,13 @@ import functools
 import time
 from collections import OrderedDict
 
-from tokendealer.store.registry import Client, ClientRegistry, check_secret
+from tokendealer.store.registry import (
+    UNKNOWN_CLIENT,
+    Client,
+    ClientRegistry,
+    check_secret,
+    digest_secret,
+)
 
 MAX_ENTRIES = 10_000
 
@@ -47,21 +53,26 @@ class ClientCache:
         disabled) is read again from the database before the caller is refused, so
         a secret rotated or a client enabled a moment ago works at once.
         """
-        client = self.granted(client_id, secret)
+        offered = digest_secret(secret)
+        client = self.granted(client_id, offered)
         if client is not None:
             return client, "ok"
-        return check_secret(await self.find(client_id), secret)
+        return check_secret(await self.find(client_id), offered)
 
-    def granted(self, client_id: str, secret: str) -> Client | None:
+    def granted(self, client_id: str, offered: str) -> Client | None:
         """The cached, enabled client if the secret is right; None means "ask the database".
 
-        Synchronous: a hit needs no database, so no timeout and no await.
+        ``offered`` is the secret's digest. Synchronous: a hit needs no database, so
+        no timeout and no await. A miss compares against :data:`UNKNOWN_CLIENT`, so a
+        client that is cached costs the same here as one that is not.
         """
         entry = self._entries.get(client_id)
         if entry is not None and entry[0] > time.monotonic():
             client = entry[1]
-            if client.enabled and client.secret_matches(secret):
+            if client.digest_matches(offered) and client.enabled:
                 return client
+            return None
+        UNKNOWN_CLIENT.digest_matches(offered)
         return None
 
     async def find(self, client_id: str) -> Client | None:

@@ -8,6 +8,8 @@ to do; on SQLite the transaction takes the write lock first, to the same end.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,8 @@ def _alembic_config(connection: Connection) -> Config:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Upgrade the schema to head; a no-op on an up-to-date database."""
+    if engine.dialect.name == "sqlite":
+        create_private_file(engine.url.database)
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execute(
@@ -64,6 +68,20 @@ async def migrate(engine: AsyncEngine) -> None:
             # (a crash mid-way leaves no half schema) and serialises concurrent starts.
             await connection.exec_driver_sql("BEGIN IMMEDIATE")
         await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))
+
+
+def create_private_file(database: str | None) -> None:
+    """Create a new SQLite database file readable by its owner only (0600).
+
+    It holds client secrets' digests and the revocation list; sqlite3 would create
+    it under the umask, usually 0644. Its ``-wal`` and ``-shm`` files take the
+    database file's mode. An existing file is left as it is.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    # FileExistsError: there already; FileNotFoundError: no directory, which sqlite reports.
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -25,6 +25,8 @@ from tokendealer.store.schema import Base, UTCDateTime
 
 SECRET_BYTES = 32  # 256 bits
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_urlsafe makes
+CLIENT_ID_BYTES = 12
+GENERATED_CLIENT_ID = re.compile(f"[0-9a-f]{{{2 * CLIENT_ID_BYTES}}}")  # what create() makes
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # A digest no secret produces, compared against when the client id is unknown,
@@ -85,7 +87,15 @@ class Client(Base):
 
     def secret_matches(self, secret: str, now: datetime | None = None) -> bool:
         """Constant-time check against the secret and, during its grace, the previous one."""
-        offered = digest_secret(secret)
+        return self.digest_matches(digest_secret(secret), now)
+
+    def digest_matches(self, offered: str, now: datetime | None = None) -> bool:
+        """:meth:`secret_matches` for a secret already digested (once per request).
+
+        Both comparisons always run, whatever the outcome, so that a wrong secret,
+        a right one and an unknown client (checked against :data:`UNKNOWN_CLIENT`)
+        cost the same work.
+        """
         current = hmac.compare_digest(offered, self.secret_digest)
         previous_valid = (
             self.previous_secret_digest is not None
@@ -150,7 +160,8 @@ class ClientRegistry:
         secret = secrets.token_urlsafe(SECRET_BYTES)
         now = _now()
         client = Client(
-            client_id=secrets.token_hex(12),  # hex: never starts with "-" on a command line
+            # hex: never starts with "-" on a command line
+            client_id=secrets.token_hex(CLIENT_ID_BYTES),
             name=name,
             secret_digest=digest_secret(secret),
             scopes=" ".join(parse_scopes(scopes)),
@@ -225,7 +236,7 @@ class ClientRegistry:
         """``(client, "ok")``, or ``(None, reason)`` with reason ``unknown_client`` or
         ``wrong_secret``: for the operator's audit log and metrics, never for the caller.
         Both failures cost the same digest and comparison."""
-        return check_secret(await self.find(client_id), secret)
+        return check_secret(await self.find(client_id), digest_secret(secret))
 
     async def _locked(self, session: Any, client_id: str) -> Client:
         client = None
@@ -236,12 +247,27 @@ class ClientRegistry:
         return client
 
 
-def check_secret(client: Client | None, secret: str) -> tuple[Client | None, str]:
-    """:meth:`ClientRegistry.identify`'s answer for a looked-up client (or None)."""
+# Checked in place of a client that does not exist: the same comparisons as a real
+# one with a previous secret in its grace period, and never a match.
+UNKNOWN_CLIENT = Client(
+    client_id="",
+    secret_digest=DUMMY_DIGEST,
+    previous_secret_digest=DUMMY_DIGEST,
+    previous_secret_expires_at=datetime.max.replace(tzinfo=UTC),
+)
+
+
+def check_secret(client: Client | None, offered: str) -> tuple[Client | None, str]:
+    """:meth:`ClientRegistry.identify`'s answer for a looked-up client (or None).
+
+    ``offered`` is :func:`digest_secret` of the presented secret. An unknown
+    client costs the same digest and comparisons as a wrong secret (RFC 6819
+    §5.1.4.2: no oracle for which client ids exist).
+    """
     if client is None:
-        hmac.compare_digest(digest_secret(secret), DUMMY_DIGEST)
+        UNKNOWN_CLIENT.digest_matches(offered)
         return None, "unknown_client"
-    if not client.secret_matches(secret):
+    if not client.digest_matches(offered):
         return None, "wrong_secret"
     return client, "ok"
 

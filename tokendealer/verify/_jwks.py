@@ -6,7 +6,8 @@ event loop it is first used on and holds:
 ``keys`` (kid -> ``jwt.PyJWK``) and the ETag they came with
     The last good key set. Fetched on first use (or ``await refresh()`` at
     start-up) from ``jwks_url``. Only asymmetric public signing keys of an
-    allowed algorithm are kept (``usable_jwk``); a fetch that fails (dealer
+    allowed algorithm are kept (``usable_jwk``; any other entry is skipped,
+    whatever is wrong with it, and the rest kept); a fetch that fails (dealer
     down, an HTTP error, garbage, a set with no usable key) is logged and
     leaves them as they were: last-known-good, so a JWKS blip is not an outage.
 
@@ -52,6 +53,8 @@ log = logging.getLogger("tokendealer.verify")  # the public module's name: one l
 #: A ``kid`` we accept, in a JWK or a token header: printable ASCII, no spaces, so safe to log.
 KID = re.compile(r"[\x21-\x7e]{1,256}")
 _MIN_RSA_BITS = 2048  # RFC 7518 §3.3
+#: RFC 7518 §6.2.2, §6.3.2 (and RFC 8037 §2): members only a private key has.
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})
 _MAX_JWKS_BYTES = 1 << 20
 
 
@@ -89,47 +92,78 @@ def metadata_urls(issuer: str) -> list[str]:
     return [rfc] if rfc == appended else [rfc, appended]
 
 
-def usable_jwk(jwk_data: Any, allowed: frozenset[str]) -> jwt.PyJWK | None:
-    """A verification key from one JWKS entry, or None with the reason logged.
+class _Unusable(Exception):
+    """Why one JWKS entry is skipped: a short reason for the log, never key material."""
 
-    Only asymmetric public signing keys whose algorithm is allowed are kept
-    (RFC 7517 §4.2 ``use``, §4.3 ``key_ops``); ``oct`` keys never are, so HMAC
-    cannot come back in through the JWKS.
+
+def usable_jwk(jwk_data: Any, allowed: frozenset[str]) -> jwt.PyJWK | None:
+    """A verification key from one JWKS entry, or None with its kid and the reason logged.
+
+    Never raises. RFC 7517 §5: a verifier ignores the keys of a set it cannot
+    use, so whatever is wrong with one entry (our rules refuse it, PyJWT
+    cannot read it, or reading it raises something unforeseen, as ``alg:
+    none`` did with NotImplementedError) skips that entry and keeps the rest.
+    Only the exception's type is logged: PyJWT's messages may quote the key.
     """
-    if not isinstance(jwk_data, dict):
-        return None
-    kid = jwk_data.get("kid")
-    reason = None
-    if not isinstance(kid, str) or not KID.fullmatch(kid):
-        reason = "no usable kid"
-    elif jwk_data.get("kty") not in ("RSA", "EC", "OKP"):
-        reason = f"kty {jwk_data.get('kty')!r}"
-    elif "d" in jwk_data:
-        reason = "PRIVATE key material published in the JWKS; ignoring it"
-    elif jwk_data.get("use", "sig") != "sig":
-        reason = f"use {jwk_data.get('use')!r}"
-    elif "key_ops" in jwk_data and not (
-        isinstance(jwk_data["key_ops"], list) and "verify" in jwk_data["key_ops"]
-    ):
-        reason = "key_ops without verify"
-    if reason is None:
-        try:
-            key = jwt.PyJWK(jwk_data)
-        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-            reason = f"unreadable ({exc})"
-        else:
-            if key.algorithm_name not in allowed:
-                reason = f"alg {key.algorithm_name} not allowed"
-            elif jwk_data["kty"] == "RSA" and key.key.key_size < _MIN_RSA_BITS:
-                reason = f"RSA key of {key.key.key_size} bits"
-            else:
-                return key
-    log.warning("JWKS: skipping key %r: %s", kid, reason)
+    try:
+        return _verification_key(jwk_data, allowed)
+    except _Unusable as exc:
+        reason = str(exc)
+    except Exception as exc:  # one bad entry must not empty the key set
+        reason = f"unreadable ({type(exc).__name__})"
+    log.warning("JWKS: skipping key %s: %s", _brief(_kid_of(jwk_data)), reason)
     return None
 
 
+def _verification_key(jwk_data: Any, allowed: frozenset[str]) -> jwt.PyJWK:
+    """The key of one entry if it passes our rules; raises ``_Unusable`` (or PyJWT's errors).
+
+    Only asymmetric public signing keys whose algorithm is allowed are kept
+    (RFC 7517 §4.2 ``use``, §4.3 ``key_ops``, §4.4 ``alg``); ``oct`` keys never
+    are, so HMAC cannot come back in through the JWKS.
+    """
+    if not isinstance(jwk_data, dict):
+        raise _Unusable("not a JSON object")
+    kid = jwk_data.get("kid")
+    if not isinstance(kid, str) or not KID.fullmatch(kid):
+        raise _Unusable("no usable kid")
+    if jwk_data.get("kty") not in ("RSA", "EC", "OKP"):
+        raise _Unusable(f"kty {_brief(jwk_data.get('kty'))}")
+    if not _PRIVATE_MEMBERS.isdisjoint(jwk_data):
+        raise _Unusable("PRIVATE key material published in the JWKS; ignoring it")
+    if jwk_data.get("use", "sig") != "sig":
+        raise _Unusable(f"use {_brief(jwk_data.get('use'))}")
+    if "key_ops" in jwk_data and not (
+        isinstance(jwk_data["key_ops"], list) and "verify" in jwk_data["key_ops"]
+    ):
+        raise _Unusable("key_ops without verify")
+    alg = jwk_data.get("alg")
+    if alg is not None and (not isinstance(alg, str) or alg not in allowed):
+        raise _Unusable(f"alg {_brief(alg)} not allowed")  # before PyJWT reads the key
+    key = jwt.PyJWK(jwk_data)
+    if key.algorithm_name not in allowed:  # no ``alg``: PyJWT's guess from kty and crv
+        raise _Unusable(f"alg {key.algorithm_name} not allowed")
+    if jwk_data["kty"] == "RSA" and key.key.key_size < _MIN_RSA_BITS:
+        raise _Unusable(f"RSA key of {key.key.key_size} bits")
+    return key
+
+
+def _kid_of(jwk_data: Any) -> Any:
+    return jwk_data.get("kid") if isinstance(jwk_data, dict) else None
+
+
+def _brief(value: Any) -> str:
+    """A member's value for a log line: its repr (escaped, so one line), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def parse_jwks(body: Any, allowed: frozenset[str]) -> dict[str, jwt.PyJWK]:
-    """RFC 7517 §5 key set -> {kid: key}; raises ValueError when nothing is usable."""
+    """RFC 7517 §5 key set -> {kid: key}; raises ValueError when nothing is usable.
+
+    Entries it cannot use are skipped one by one (``usable_jwk``), so a bad
+    entry next to good ones costs only itself.
+    """
     if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
         raise ValueError("not a JWK Set")
     keys: dict[str, jwt.PyJWK] = {}

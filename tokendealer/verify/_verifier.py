@@ -1,8 +1,9 @@
 """``TokenVerifier``: is this an access token of our issuer for our audience?
 
-Header checks (RFC 8725, RFC 9068 §4), then signature and claims through
-PyJWT with the key the JWKS cache (``jwks``) has for the header's ``kid``,
-then what PyJWT leaves unchecked; tokens that passed are remembered.
+The encoding (canonical base64url, RFC 7515 §2: one spelling per token), header
+checks (RFC 8725, RFC 9068 §4), then signature and claims through PyJWT with the
+key the JWKS cache (``jwks``) has for the header's ``kid``, then what PyJWT leaves
+unchecked; tokens that passed are remembered.
 
 The verified-token cache is what makes a protected route cheap: a token is
 checked in full (header, key, signature, claims) once, then answered from an
@@ -26,6 +27,7 @@ from typing import Any
 import httpx
 import jwt
 
+from tokendealer.verify._encoding import non_canonical
 from tokendealer.verify._errors import (
     DisallowedAlgorithm,
     InvalidClaim,
@@ -65,10 +67,14 @@ def _allowed(algorithms: Iterable[str] | None) -> frozenset[str]:
     return chosen
 
 
+def _require_canonical(token: str) -> None:
+    """One spelling per token (RFC 7515 §2): see :mod:`tokendealer.verify._encoding`."""
+    if (reason := non_canonical(token)) is not None:
+        raise MalformedToken(reason)
+
+
 def _unverified_header(token: str) -> dict[str, Any]:
-    """The JOSE header, parsed only to pick the key; PyJWT re-checks everything."""
-    if token.count(".") != 2:
-        raise MalformedToken("not a compact JWS")
+    """The JOSE header of a canonical token, parsed only to pick the key; PyJWT re-checks."""
     segment = token.partition(".")[0]
     padded = segment + "=" * (-len(segment) % 4)
     try:
@@ -261,6 +267,7 @@ class TokenVerifier:
         Its ``claims`` are the cache's own: read them, copy them, never change them.
         """
         text = self._as_text(token)
+        _require_canonical(text)  # before the cache: only canonical spellings get in
         digest = hashlib.sha256(text.encode("ascii")).digest()
         entry = self._hit(digest)
         if entry is not None:
@@ -282,7 +289,9 @@ class TokenVerifier:
         """The entry of a token verified before and still valid, else None; never raises.
 
         The hit path without a coroutine: None only means "ask ``_check``", which
-        gives the answer (and the reason of a refusal).
+        gives the answer (and the reason of a refusal). It needs no canonical-encoding
+        check of its own: ``_check`` caches a token only after that check, under the
+        SHA-256 of its exact text, so any other spelling misses here and goes there.
         """
         if len(token) > self.max_token_size:
             return None

@@ -18,6 +18,8 @@ from typing import Any
 from tokendealer.dealer.errors import OAuthError
 
 ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+MAX_BODY_BYTES = 64 * 1024  # an OAuth request is a few hundred bytes
+BODY_TIMEOUT = 10.0  # seconds for the whole body once the head arrived
 
 
 @dataclass
