@@ -1,0 +1,117 @@
+"""``tokendealer clients ...``: register and manage clients."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+
+from tokendealer.cli.shared import (
+    emit,
+    fail,
+    load_settings,
+    run_db,
+)
+
+
+@click.group()
+def clients() -> None:
+    """Register and manage clients."""
+
+
+def client_lines(facts: dict[str, Any], secret: str | None = None) -> list[str]:
+    rows = [("client_id", facts["client_id"])]
+    if secret is not None:
+        rows.append(("client_secret", secret))
+    rows += [
+        ("name", facts["name"]),
+        ("scope", facts["scope"] or "(none)"),
+        ("audience", " ".join(facts["audience"])),
+        ("token_ttl", facts["token_ttl"] or "(default)"),
+        ("enabled", "yes" if facts["enabled"] else "no"),
+    ]
+    if facts.get("previous_secret_valid_until"):
+        rows.append(("old secret until", facts["previous_secret_valid_until"]))
+    return [f"{name:<16} {value}" for name, value in rows]
+
+
+def show_secret(issued: Any, as_json: bool) -> None:
+    facts = issued.client.public_facts()
+    emit({**facts, "client_secret": issued.secret}, as_json, client_lines(facts, issued.secret))
+    if not as_json:
+        click.echo("The secret is shown only now; only its hash is stored.", err=True)
+
+
+@clients.command("create")
+@click.option("--name", required=True, help="Who the client is, for humans.")
+@click.option("--scope", default="", help='Allowed scopes, space separated: "read write".')
+@click.option("--audience", "audiences", multiple=True, help="An allowed audience (repeatable).")
+@click.option("--ttl", type=click.IntRange(min=1), help="Token lifetime in seconds (capped).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def clients_create(
+    name: str, scope: str, audiences: tuple[str, ...], ttl: int | None, as_json: bool
+) -> None:
+    """Register a client; prints its id and its secret (shown once)."""
+    if not audiences:
+        fail("a client needs at least one audience: --audience AUD (repeatable)")
+    settings = load_settings()
+    issued = run_db(settings, lambda registry: registry.create(name, scope, audiences, ttl))
+    show_secret(issued, as_json)
+
+
+@clients.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def clients_list(as_json: bool) -> None:
+    """List clients (never their secrets)."""
+    settings = load_settings()
+    found = run_db(settings, lambda registry: registry.list())
+    facts = [client.public_facts() for client in found]
+    header = f"{'client_id':<18} {'enabled':<8} {'name':<24} {'scope':<24} audience"
+    rows = [
+        f"{f['client_id']:<18} {'yes' if f['enabled'] else 'no':<8} {f['name']:<24} "
+        f"{f['scope']:<24} {' '.join(f['audience'])}"
+        for f in facts
+    ]
+    emit(facts, as_json, [header, *rows] if rows else ["no clients yet"])
+
+
+def _client_command(name: str, doc: str, action: Callable[[Any, str], Awaitable[Any]]) -> None:
+    @clients.command(name, help=doc)
+    @click.argument("client_id")
+    @click.option("--json", "as_json", is_flag=True)
+    def command(client_id: str, as_json: bool) -> None:
+        settings = load_settings()
+        client = run_db(settings, lambda registry: action(registry, client_id))
+        facts = client.public_facts()
+        lines = client_lines(facts)
+        if name == "delete":
+            facts, lines = {**facts, "deleted": True}, [f"deleted client {client_id}"]
+        emit(facts, as_json, lines)
+
+
+_client_command("show", "Show one client.", lambda r, cid: r.get(cid))
+_client_command(
+    "disable", "Stop a client getting tokens.", lambda r, cid: r.set_enabled(cid, False)
+)
+_client_command(
+    "enable", "Let a disabled client get tokens again.", lambda r, cid: r.set_enabled(cid, True)
+)
+_client_command("delete", "Delete a client for good.", lambda r, cid: r.delete(cid))
+
+
+@clients.command("rotate-secret")
+@click.argument("client_id")
+@click.option(
+    "--grace",
+    default=0,
+    type=click.IntRange(min=0),
+    show_default=True,
+    help="Seconds the old secret keeps working.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def clients_rotate_secret(client_id: str, grace: int, as_json: bool) -> None:
+    """Give a client a new secret; the old one works for --grace seconds more."""
+    settings = load_settings()
+    issued = run_db(settings, lambda registry: registry.rotate_secret(client_id, grace))
+    show_secret(issued, as_json)

@@ -1,0 +1,165 @@
+"""``tokendealer keys ...``: the key set: list, rotate, prune, revoke, rewrap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from tokendealer.cli.shared import (
+    PRUNE_LEEWAY_SECONDS,
+    T,
+    emit,
+    fail,
+    keystore,
+    load_settings,
+)
+from tokendealer.config import SIGNING_ALGORITHMS
+from tokendealer.keys.keyset import KeySetError
+
+
+@click.group()
+def keys() -> None:
+    """Inspect and rotate the signing keys."""
+
+
+def key_lines(facts: list[dict[str, Any]]) -> list[str]:
+    header = (
+        f"{'kid':<44} {'alg':<6} {'state':<8} {'created_at':<21} {'activated_at':<21} retired_at"
+    )
+    return [header] + [
+        f"{f['kid']:<44} {f['alg']:<6} {f['state']:<8} {f['created_at']:<21} "
+        f"{f['activated_at'] or '-':<21} {f['retired_at'] or '-'}"
+        for f in facts
+    ]
+
+
+def _guard(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except KeySetError as exc:
+        fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only key dir: the write is all or nothing
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"cannot read or write the key set: {exc.strerror or exc}{where}")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(as_json: bool) -> None:
+    """The published keys and their states (public facts only)."""
+    settings = load_settings()
+    store = keystore(settings)
+    keyset, _ = _guard(lambda: store.ensure(settings.signing_alg))
+    facts = [key.facts() for key in keyset.keys]
+    emit(facts, as_json, key_lines(facts))
+
+
+@keys.command("rotate")
+@click.option("--alg", type=click.Choice(SIGNING_ALGORITHMS), help="Algorithm of the new next key.")
+@click.option("--json", "as_json", is_flag=True)
+def keys_rotate(alg: str | None, as_json: bool) -> None:
+    """next -> current (signs now), current -> retired (still published), new next."""
+    settings = load_settings()
+    store = keystore(settings)
+    _guard(lambda: store.ensure(settings.signing_alg))
+    before, after = _guard(lambda: store.rotate(alg or settings.signing_alg))
+    published_for = (datetime.now(UTC) - before.next.created_at).total_seconds()
+    needed = settings.jwks_max_age + settings.keys_reload_interval
+    if published_for < needed:
+        click.echo(
+            f"warning: the new current key {after.current.kid} was published only "
+            f"{published_for:.0f} s ago, less than TOKENDEALER_JWKS_MAX_AGE + "
+            f"TOKENDEALER_KEYS_RELOAD_INTERVAL ({needed:.0f} s): verifiers that cache the "
+            "JWKS without refetching on an unknown kid may reject its tokens until they refetch",
+            err=True,
+        )
+    facts = [key.facts() for key in after.keys]
+    emit(
+        facts,
+        as_json,
+        [
+            f"rotated: {after.current.kid} signs now, {before.current.kid} retired, "
+            f"{after.next.kid} is the next key",
+            *key_lines(facts),
+        ],
+    )
+
+
+@keys.command("prune")
+@click.option(
+    "--leeway",
+    default=PRUNE_LEEWAY_SECONDS,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seconds past TOKENDEALER_TOKEN_TTL a retired key stays, for clock skew.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def keys_prune(leeway: int, as_json: bool) -> None:
+    """Drop retired keys whose tokens can no longer be valid."""
+    settings = load_settings()
+    store = keystore(settings)
+    # A worker may sign with a just-retired key until it reloads: add the interval.
+    lifetime = settings.token_ttl + settings.keys_reload_interval + leeway
+    removed = _guard(lambda: store.prune(lifetime))
+    facts = [key.facts() for key in removed]
+    emit(
+        facts,
+        as_json,
+        [f"pruned {key.kid} ({key.alg}, retired {key.facts()['retired_at']})" for key in removed]
+        or ["nothing to prune"],
+    )
+
+
+@keys.command("rewrap")
+@click.option("--json", "as_json", is_flag=True)
+def keys_rewrap(as_json: bool) -> None:
+    """Encrypt every private key under TOKENDEALER_KEY_PASSPHRASE (after setting or changing it).
+
+    Keys without encryption or under TOKENDEALER_KEY_PASSPHRASE_PREVIOUS move to the
+    passphrase; keys already under it stay as they are. The kids do not change.
+    """
+    settings = load_settings()
+    store = keystore(settings)
+    moved, keyset = _guard(store.rewrap)
+    total = len(keyset.keys)
+    line = (
+        f"rewrapped {moved} of {total} private keys in {store.path}: "
+        "all are now encrypted under TOKENDEALER_KEY_PASSPHRASE"
+        if moved
+        else f"rewrapped 0 private keys: all {total} in {store.path} are already encrypted "
+        "under TOKENDEALER_KEY_PASSPHRASE"
+    )
+    emit({"rewrapped": moved, "keys": total, "path": str(store.path)}, as_json, [line])
+
+
+class KidArgumentCommand(click.Command):
+    """A kid is base64url and may start with "-" (even "-h..."): any word that is
+    not one of the command's own options is the argument, never an option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        own = {name for param in self.get_params(ctx) for name in getattr(param, "opts", ())}
+        options = [arg for arg in args if arg in own and arg.startswith("-")]
+        rest = [arg for arg in args if arg not in options and arg != "--"]
+        return super().parse_args(ctx, [*options, "--", *rest])
+
+
+@keys.command("revoke", cls=KidArgumentCommand)
+@click.argument("kid")
+@click.option("--json", "as_json", is_flag=True)
+def keys_revoke(kid: str, as_json: bool) -> None:
+    """Unpublish a leaked key at once; it never signs again."""
+    settings = load_settings()
+    store = keystore(settings)
+    revoked, after = _guard(lambda: store.revoke(kid, settings.signing_alg))
+    facts = [key.facts() for key in after.keys]
+    emit(
+        {"revoked": revoked.facts(), "keys": facts},
+        as_json,
+        [
+            f"revoked {revoked.kid} (was {revoked.state}); now signing with {after.current.kid}",
+            *key_lines(facts),
+        ],
+    )
