@@ -16,6 +16,49 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+# Every TOKENDEALER_* variable the dealer reads (INTERFACE.md's list, including settings of
+# features still to come, and ours): anything else with the prefix is probably a typo.
+# TOKENDEALER_TEST_* belong to the test suite.
+SETTING_NAMES = frozenset(
+    "TOKENDEALER_" + name
+    for name in [
+        "ADMIN_API",
+        "ADMIN_CLIENT_ID",
+        "ADMIN_CLIENT_SECRET",
+        "ADMIN_PRIVATE_KEY",
+        "ASSERTION_AUDIENCE",
+        "AUDIT_RETENTION",
+        "AUTH_FAILURE_LIMIT",
+        "AUTH_FAILURE_LIMIT_PER_ADDRESS",
+        "CA_BUNDLE",
+        "CLIENT_CACHE_TTL",
+        "CLIENT_JWKS_COOLDOWN",
+        "DATABASE_URL",
+        "DB_TIMEOUT",
+        "DRAIN_DELAY",
+        "HOST",
+        "ISSUER",
+        "JWKS_MAX_AGE",
+        "KEYS_DIR",
+        "KEYS_RELOAD_INTERVAL",
+        "KEY_PASSPHRASE",
+        "KEY_PASSPHRASE_PREVIOUS",
+        "KEY_STORE",
+        "LOG_FORMAT",
+        "MAX_INFLIGHT",
+        "MAX_UNFINISHED_BODIES",
+        "PORT",
+        "RATE_LIMIT_URL",
+        "ROTATE_EVERY",
+        "SHUTDOWN_GRACE",
+        "SIGNING_ALG",
+        "STATUS_LIST_TTL",
+        "TOKEN_TTL",
+        "TRUSTED_PROXIES",
+        "URL",
+        "WORKERS",
+    ]
+)
 SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 
 T = TypeVar("T")
@@ -55,6 +98,14 @@ class Settings:
     # Seconds a worker answers from its copy of a client record (tokendealer.store.client_cache):
     # the bound on how long disable / rotate-secret / delete take to reach every replica.
     client_cache_ttl: float = 2.0
+    # What ``serve`` listens on and runs when its options are not given (containers).
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = 1
+    # The dealer's own log lines on stderr: "text" or "json" (the audit stream is JSON always).
+    log_format: str = "text"
+    # Seconds administrative audit events are kept in the database (``90d`` by default).
+    audit_retention: int = 90 * 86400
 
     @property
     def token_endpoint(self) -> str:
@@ -158,6 +209,18 @@ class Settings:
                 defaults.client_cache_ttl,
                 "seconds, 0 (no cache) to 5 (client changes must apply within 5 s)",
             ),
+            host=get("HOST", _host, defaults.host, "an address or host name to bind"),
+            port=get("PORT", _int_between(0, 65535), defaults.port, "a port, 0 to 65535"),
+            workers=get("WORKERS", _int_between(1, 64), defaults.workers, "1 to 64"),
+            log_format=get(
+                "LOG_FORMAT", _one_of("text", "json"), defaults.log_format, "text or json"
+            ),
+            audit_retention=get(
+                "AUDIT_RETENTION",
+                duration_seconds,
+                defaults.audit_retention,
+                "a duration such as 90d, 12h, 30m, 90s or seconds",
+            ),
         )
 
 
@@ -171,6 +234,36 @@ def redact(text: str) -> str:
 
 
 _URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:]*):[^/\s]*@")
+
+
+def duration_seconds(raw: str) -> int:
+    """``90s``, ``30m``, ``12h``, ``7d`` or a plain number of seconds; at least 1."""
+    match = _DURATION.fullmatch(raw)
+    if match is None:
+        raise ValueError(raw)
+    seconds = int(match[1]) * _DURATION_UNITS[match[2] or "s"]
+    if seconds < 1:
+        raise ValueError(raw)
+    return seconds
+
+
+_DURATION = re.compile(r"(\d{1,9})\s*([smhd]?)")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _host(raw: str) -> str:
+    if not raw or any(char.isspace() for char in raw):
+        raise ValueError(raw)
+    return raw
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError(raw)
+        return raw.lower()
+
+    return parse
 
 
 def _issuer(raw: str) -> str:
