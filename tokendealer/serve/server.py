@@ -28,6 +28,7 @@ from hypercorn.config import Config
 
 from tokendealer.config import Settings
 from tokendealer.keys.file_store import KeyStore
+from tokendealer.serve.logs import LOGGING
 from tokendealer.serve.supervisor import Supervisor
 from tokendealer.store.database import create_engine, migrate
 
@@ -52,33 +53,6 @@ TRANSPORT_LIMITS: dict[str, Any] = {
     "ssl_handshake_timeout": 10,
     "keep_alive_max_requests": 1000,
     "backlog": 1024,
-}
-
-# Each worker's logging: the audit log alone on stdout (one JSON object a line),
-# the rest on stderr. Applied by hypercorn in every worker process.
-LOGGING: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(levelname)s %(name)s: %(message)s"},
-        "bare": {"format": "%(message)s"},
-    },
-    "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stderr",
-            "formatter": "plain",
-        },
-        "audit": {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stdout",
-            "formatter": "bare",
-        },
-    },
-    "loggers": {
-        "tokendealer": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
-        "tokendealer.audit": {"level": "INFO", "handlers": ["audit"], "propagate": False},
-    },
 }
 
 
