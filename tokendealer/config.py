@@ -31,6 +31,7 @@ SETTING_NAMES = frozenset(
         "AUTH_FAILURE_LIMIT",
         "AUTH_FAILURE_LIMIT_PER_ADDRESS",
         "CA_BUNDLE",
+        "CERTFILE",
         "CLIENT_CACHE_TTL",
         "CLIENT_JWKS_COOLDOWN",
         "DATABASE_URL",
@@ -40,6 +41,7 @@ SETTING_NAMES = frozenset(
         "ISSUER",
         "JWKS_MAX_AGE",
         "KEYS_DIR",
+        "KEYFILE",
         "KEYS_RELOAD_INTERVAL",
         "KEY_PASSPHRASE",
         "KEY_PASSPHRASE_PREVIOUS",
@@ -102,6 +104,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = 1
+    # TLS for ``serve`` when its --certfile/--keyfile are not given (both or neither).
+    certfile: Path | None = None
+    keyfile: Path | None = None
     # The dealer's own log lines on stderr: "text" or "json" (the audit stream is JSON always).
     log_format: str = "text"
     # Seconds administrative audit events are kept in the database (``90d`` by default).
@@ -212,6 +217,8 @@ class Settings:
             host=get("HOST", _host, defaults.host, "an address or host name to bind"),
             port=get("PORT", _int_between(0, 65535), defaults.port, "a port, 0 to 65535"),
             workers=get("WORKERS", _int_between(1, 64), defaults.workers, "1 to 64"),
+            certfile=get("CERTFILE", _path, defaults.certfile, "a certificate file path"),
+            keyfile=get("KEYFILE", _path, defaults.keyfile, "a private key file path"),
             log_format=get(
                 "LOG_FORMAT", _one_of("text", "json"), defaults.log_format, "text or json"
             ),
