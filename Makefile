@@ -1,20 +1,35 @@
 # make run   -- serve the dealer on http://127.0.0.1:5000 (creates .venv, keys and database)
 # make test  -- ruff, the import rules (lint-imports) and the whole test suite (creates .venv)
 # make bench -- the benchmark of issue 8 (benchmarks/README.md); bench-smoke: its short check
+# make lock  -- regenerate requirements.lock (every runtime dependency pinned, with hashes)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check
+# The lock file of the runtime dependencies, and the tool (pinned too) that writes it:
+# one universal resolution (markers for each Python and platform) with every file's hash.
+LOCK := requirements.lock
+UV_VERSION := 0.13.9
+LOCK_COMMAND := uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --quiet -o $(LOCK)
 
-.PHONY: run test lint format clean bench bench-smoke bench-scaleout
+.PHONY: run test lint format clean bench bench-smoke bench-scaleout lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The Dockerfile installs with this same command.
-$(VENV)/.installed: pyproject.toml $(shell find tokendealer -name '*.py') | $(BIN)/python
-	$(BIN)/pip install --no-cache-dir .
+# The Dockerfile installs with these same two commands: the locked dependencies, then the
+# project alone.
+$(VENV)/.installed: pyproject.toml $(LOCK) $(shell find tokendealer -name '*.py') | $(BIN)/python
+	$(BIN)/pip install --no-cache-dir --require-hashes -r $(LOCK)
+	$(BIN)/pip install --no-cache-dir --no-deps .
 	touch $@
+
+# After changing the dependencies in pyproject.toml (or to take newer releases): commit the
+# new requirements.lock with the change.
+lock: | $(BIN)/python
+	$(INSTALL) uv==$(UV_VERSION)
+	$(BIN)/$(LOCK_COMMAND)
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(INSTALL) -e ".[test]"

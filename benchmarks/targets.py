@@ -227,6 +227,17 @@ def _start_dealer(alg: str, home: Path, cpu: int | None, workers: int, name: str
         TOKENDEALER_SIGNING_ALG=alg,
         TOKENDEALER_TOKEN_TTL="3600",
     )
+    initialised = subprocess.run(  # only init and serve create the database and the keys
+        [sys.executable, "-m", "tokendealer", "init"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if initialised.returncode != 0:
+        raise BenchError(f"{name}: init failed: {initialised.stderr.strip()}")
     created = subprocess.run(
         [
             sys.executable,

@@ -277,6 +277,7 @@ def _issuer(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ValueError(raw)
+    _ = parts.port  # ValueError for a port that is not a number
     return raw.rstrip("/")
 
 

@@ -26,6 +26,7 @@ def cli(tmp_path: Path, database_url: str):
         assert result.exit_code == status, result.output + result.stderr
         return result
 
+    invoke("init")  # only init and serve create the database and the key set
     invoke.env = env
     return invoke
 
@@ -136,7 +137,7 @@ def test_concurrent_rotations_each_rotate_once(tmp_path: Path, sqlite_url: str) 
         "TOKENDEALER_DATABASE_URL": sqlite_url,
         "PATH": "/usr/bin:/bin",
     }
-    subprocess.run([*TOKENDEALER, "keys", "list"], env=env, check=True, capture_output=True)
+    subprocess.run([*TOKENDEALER, "init"], env=env, check=True, capture_output=True)
     rotations = [
         subprocess.Popen(
             [*TOKENDEALER, "keys", "rotate", "--json"],

@@ -92,7 +92,7 @@ def encrypt_first_key(path: Path, passphrase: str) -> None:
 def plain(dealer_factory, sqlite_url: str) -> DealerServer:
     """A dealer's environment (not started) whose key set was made without a passphrase."""
     dealer = dealer_factory(sqlite_url)
-    keys_list(dealer)
+    assert run(dealer, "init").returncode == 0
     return dealer
 
 
@@ -177,6 +177,7 @@ def test_partly_encrypted_keys_are_refused_and_rewrap_encrypts_them_all(
 
 def test_changing_the_passphrase_with_the_previous_one(dealer_factory, sqlite_url: str) -> None:
     dealer = dealer_factory(sqlite_url)
+    assert run(dealer, "init", **{PASSPHRASE: "old"}).returncode == 0
     kids = [key["kid"] for key in keys_list(dealer, **{PASSPHRASE: "old"})]
 
     wrong = one_line_error(run(dealer, "keys", "list", **{PASSPHRASE: "new"}))
@@ -193,7 +194,7 @@ def test_changing_the_passphrase_with_the_previous_one(dealer_factory, sqlite_ur
 
 def test_a_previous_passphrase_alone_is_refused(dealer_factory, sqlite_url: str) -> None:
     dealer = dealer_factory(sqlite_url)
-    keys_list(dealer, **{PASSPHRASE: "old"})
+    assert run(dealer, "init", **{PASSPHRASE: "old"}).returncode == 0
     for command in (["list"], ["rotate"], ["rewrap"]):
         message = one_line_error(run(dealer, "keys", *command, **{PREVIOUS: "old"}))
         assert f"{PREVIOUS} is set but {PASSPHRASE} is not" in message

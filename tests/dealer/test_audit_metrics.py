@@ -36,6 +36,7 @@ AUDIT_KEYS = {
     "scope",
     "audience",
     "jti",
+    "kid",
     "source",
     "endpoint",
 }
@@ -100,6 +101,10 @@ async def test_audit_lines_for_tokens_failures_and_revocations(app_factory, capl
     assert issued_line["client_id"] == client_id and issued_line["endpoint"] == "token"
     assert issued_line["scope"] == "read" and issued_line["audience"] == ["jeeves"]
     assert issued_line["jti"] == jti
+    # The key that signed it, as its header says (the current key), and only on this event.
+    assert issued_line["kid"] == jwt.get_unverified_header(access_token)["kid"]
+    assert issued_line["kid"] == dealer_state(app).keyring.keyset.current.kid
+    assert [line["kid"] for line in lines[1:]] == [None] * 5
     assert lines[1]["client_id"] == client_id
     assert lines[2]["client_id"] == presented_client_id("ghost")  # not our shape: hashed
     assert lines[4]["scope"] == "admin"
@@ -202,6 +207,7 @@ def test_metrics_add_up_every_worker_of_serve(dealer_factory, sqlite_url: str, t
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     issued = [line for line in lines if line["event"] == "token_issued"]
     assert len(issued) == 24 and {line["client_id"] for line in issued} == {client_id}
+    assert {line["kid"] for line in issued} == {jwt.get_unverified_header(tokens[0])["kid"]}
     assert {line["source"] for line in issued} == {"127.0.0.1"}
     assert sum(line["reason"] == "wrong_secret" for line in lines) == 3
     assert secret not in log

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import secrets
+import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
 from tests.conftest import basic
+from tests.support.faults import FaultProxy, LoopThread
 from tokendealer.config import ConfigError, Settings
+from tokendealer.dealer import ratelimit
 from tokendealer.dealer.address import limit_key, source_address
 from tokendealer.dealer.state import dealer_state
 from tokendealer.store.registry import IssuedSecret
@@ -277,3 +281,61 @@ def test_the_limits_are_configured_in_the_limits_notation() -> None:
     for name in ("AUTH_FAILURE_LIMIT", "AUTH_FAILURE_LIMIT_PER_ADDRESS"):
         with pytest.raises(ConfigError, match=f"TOKENDEALER_{name}="):
             Settings.from_env({f"TOKENDEALER_{name}": "lots"})
+
+
+# -- the storage's health: /readyz and the gauge, never hung by the storage -------------------
+
+
+async def limits_health(app: Any) -> tuple[float, str, float]:
+    """Seconds /readyz took, its ``rate_limits``, and the gauge in /metrics."""
+    http = app.test_client()
+    start = time.perf_counter()
+    answer = await http.get("/readyz")
+    took = time.perf_counter() - start
+    assert answer.status_code == 200  # whatever the storage says: the limits fail open
+    metrics = await (await http.get("/metrics")).get_data(as_text=True)
+    (gauge,) = [
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("tokendealer_rate_limit_storage_unavailable ")
+    ]
+    return took, (await answer.get_json())["rate_limits"], gauge
+
+
+async def test_limit_storage_health_follows_redis_and_a_partition_cannot_hang_readiness(
+    app_factory, redis_url: str, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, "tokendealer.ratelimit")
+    monkeypatch.setattr(ratelimit, "HEALTH_INTERVAL", 1.0)
+    target = urlsplit(redis_url)
+    proxy, loop = FaultProxy(target.hostname or "127.0.0.1", target.port or 6379), LoopThread()
+    try:
+        loop.run(proxy.start())
+        proxied = f"redis://127.0.0.1:{proxy.port}{target.path}"
+        app = await app_factory(**LIMITS, rate_limit_url=proxied)
+        assert (await limits_health(app))[1:] == ("ok", 0)
+
+        loop.run(proxy.blackhole())  # a partition: connections hang, nothing answers
+        await asyncio.sleep(1.0)  # the last word on the storage is now too old
+        took, said, gauge = await limits_health(app)
+        assert (said, gauge) == ("unavailable", 1)
+        assert took < ratelimit.PING_TIMEOUT + 0.5  # one bounded PING, not a hang
+        for _ in range(10):  # within the interval: the cached answer, no round trip
+            took, said, _ = await limits_health(app)
+            assert said == "unavailable" and took < 0.1
+        assert "rate-limit storage unavailable" in caplog.text
+
+        loop.run(proxy.forward())
+        await asyncio.sleep(1.0)
+        assert (await limits_health(app))[1:] == ("ok", 0)
+        assert "rate-limit storage reachable again" in caplog.text
+
+        # A failed authentication whose hit fails says so at once: no PING needed.
+        loop.run(proxy.blackhole())
+        client = await new_client(app)
+        assert (await token_request(app, client, ATTACKER, wrong=True)).status_code == 401
+        took, said, gauge = await limits_health(app)
+        assert (said, gauge) == ("unavailable", 1) and took < 0.1
+    finally:
+        loop.run(proxy.close())
+        loop.close()

@@ -138,7 +138,7 @@ def test_a_dealer_changes_its_passphrase_without_a_restart_of_verifiers(
 ) -> None:
     """Restart with both passphrases, rewrap, and the dealer signs on with the same kids."""
     dealer = dealer_factory(sqlite_url, TOKENDEALER_KEY_PASSPHRASE="old", **FAST_RELOAD)
-    dealer.cli("keys", "list")
+    dealer.cli("init")
     dealer.env.update(TOKENDEALER_KEY_PASSPHRASE="new", TOKENDEALER_KEY_PASSPHRASE_PREVIOUS="old")
     dealer.start()
     client = dealer.create_client("--audience", "jeeves")

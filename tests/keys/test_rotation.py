@@ -146,7 +146,7 @@ def test_prune_drops_a_retired_key_only_once_its_tokens_expired(
     dealer = dealer_factory(
         sqlite_url, TOKENDEALER_TOKEN_TTL="1", TOKENDEALER_KEYS_RELOAD_INTERVAL="0.1"
     )
-    dealer.cli("keys", "list")
+    dealer.cli("init")
     retired = states(dealer)["current"][0]
     dealer.cli("keys", "rotate")
     assert dealer.cli("keys", "prune", "--leeway", "1").stdout.strip() == "nothing to prune"
@@ -159,7 +159,7 @@ def test_prune_drops_a_retired_key_only_once_its_tokens_expired(
 
 def test_serve_refuses_a_key_file_readable_by_others(dealer_factory, sqlite_url: str) -> None:
     dealer = dealer_factory(sqlite_url)
-    dealer.cli("keys", "list")
+    dealer.cli("init")
     keyfile = Path(dealer.env["TOKENDEALER_KEYS_DIR"]) / "keyset.json"
     os.chmod(keyfile, 0o640)
     result = dealer.cli("serve", "--port", str(dealer.port), check=False)

@@ -21,13 +21,10 @@ def test_a_new_database_and_its_wal_files_are_0600(tmp_path: Path) -> None:
     env = dealer_env(tmp_path, f"sqlite+aiosqlite:///{database}", free_port())
     old_umask = os.umask(0o022)  # the usual one, under which sqlite makes 0644 files
     try:
-        subprocess.run(
-            [*TOKENDEALER, "clients", "create", "--name", "a", "--audience", "b"],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+        for command in (["init"], ["clients", "create", "--name", "a", "--audience", "b"]):
+            subprocess.run(
+                [*TOKENDEALER, *command], env=env, check=True, capture_output=True, timeout=60
+            )
     finally:
         os.umask(old_umask)
     assert mode(database) == 0o600
@@ -46,7 +43,8 @@ def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
     database.touch(mode=0o640)
     os.chmod(database, 0o640)
     env = dealer_env(tmp_path, f"sqlite+aiosqlite:///{database}", free_port())
-    subprocess.run([*TOKENDEALER, "clients", "list"], env=env, check=True, timeout=60)
+    for command in (["init"], ["clients", "list"]):
+        subprocess.run([*TOKENDEALER, *command], env=env, check=True, timeout=60)
     assert mode(database) == 0o640  # the operator's choice stands
 
 

@@ -131,3 +131,57 @@ async def test_unknown_id_costs_about_the_same_as_a_wrong_secret(registry) -> No
 
     known, unknown = await median(issued.client.client_id), await median("no-such-client")
     assert unknown / known < 3 and known / unknown < 3
+
+
+@pytest.mark.parametrize(
+    ("name", "codepoint"),
+    [
+        ("svc\nforged log line", "U+000A"),
+        ("svc\x1b[2Jcleared", "U+001B"),
+        ("svc\x00", "U+0000"),
+        ("svc\u202ereversed", "U+202E"),  # right-to-left override
+        ("svc\u2028next", "U+2028"),  # line separator
+    ],
+)
+async def test_a_name_with_control_characters_is_refused(registry, name, codepoint) -> None:
+    with pytest.raises(ClientError) as refused:
+        await registry.create(name, "read", ["jeeves"])
+    assert str(refused.value) == (
+        f"a client name may not hold control characters (it holds {codepoint})"
+    )
+    assert await registry.list() == []
+
+    issued = await registry.create("svc", "read", ["jeeves"])
+    with pytest.raises(ClientError, match="control characters"):
+        await registry.update(issued.client.client_id, name=name)
+    assert (await registry.get(issued.client.client_id)).name == "svc"
+
+
+async def test_names_may_hold_any_printable_text(registry) -> None:
+    issued = await registry.create("  Zahlungsdienst (Zürich) – 決済  ", "read", ["jeeves"])
+    assert issued.client.name == "Zahlungsdienst (Zürich) – 決済"
+
+
+async def test_a_token_lifetime_above_the_dealers_is_refused(registry) -> None:
+    with pytest.raises(ClientError) as refused:
+        await registry.create("svc", "read", ["jeeves"], token_ttl=901, max_token_ttl=900)
+    assert "the maximum is 900 seconds" in str(refused.value)
+    assert await registry.list() == []
+
+    issued = await registry.create("svc", "read", ["jeeves"], token_ttl=900, max_token_ttl=900)
+    client_id = issued.client.client_id
+    with pytest.raises(ClientError, match="the maximum is 600 seconds"):
+        await registry.update(client_id, token_ttl=601, max_token_ttl=600)
+    assert (await registry.get(client_id)).token_ttl == 900
+
+
+async def test_update_changes_only_what_it_is_given(registry) -> None:
+    issued = await registry.create("svc", "read", ["jeeves"], token_ttl=300)
+    client_id = issued.client.client_id
+    updated = await registry.update(client_id, scopes="read write", audiences=["a", "b"])
+    assert (updated.name, updated.scopes, updated.audiences) == ("svc", "read write", ["a", "b"])
+    stored = await registry.get(client_id)
+    assert (stored.scopes, stored.audiences, stored.token_ttl) == ("read write", ["a", "b"], 300)
+    assert await registry.authenticate(client_id, issued.secret)  # the secret stays
+    with pytest.raises(UnknownClientError):
+        await registry.update("0" * 24, name="x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -19,24 +20,42 @@ def readme_block(section: str) -> str:
     return match.group(1)
 
 
-def run_pasted(
-    script: str, dealer, cwd: Path, replace: dict[str, str] | None = None, timeout: float = 120
+def replaced(script: str, replace: dict[str, str]) -> str:
+    """``script`` with each text replaced; each must be there, so the README cannot drift
+    away from what its test substitutes."""
+    for old, new in replace.items():
+        assert old in script, f"{old!r} is no longer in the README block"
+        script = script.replace(old, new)
+    return script
+
+
+def run_block(
+    script: str, cwd: Path, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` in bash -euo pipefail against ``dealer`` (for 127.0.0.1:5000),
-    with ``. .venv/bin/activate`` finding this test run's virtualenv."""
+    """Run ``script`` in bash -euo pipefail with this test run's ``tokendealer`` and
+    ``python`` first on the PATH (``. .venv/bin/activate`` finds them too)."""
     activate = cwd / ".venv" / "bin" / "activate"
     activate.parent.mkdir(parents=True, exist_ok=True)
     activate.write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
-    script = script.replace("127.0.0.1:5000", f"127.0.0.1:{dealer.port}")
-    for old, new in (replace or {}).items():
-        script = script.replace(old, new)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=cwd,
-        env=dealer.env,
+        env={**env, "PATH": path},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def run_pasted(
+    script: str, dealer, cwd: Path, replace: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in bash -euo pipefail against ``dealer`` (for 127.0.0.1:5000),
+    with ``. .venv/bin/activate`` finding this test run's virtualenv."""
+    script = script.replace("127.0.0.1:5000", f"127.0.0.1:{dealer.port}")
+    for old, new in (replace or {}).items():
+        script = script.replace(old, new)
+    return run_block(script, cwd, dealer.env, timeout)

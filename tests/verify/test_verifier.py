@@ -52,6 +52,7 @@ from tokendealer.verify import (
     DisallowedAlgorithm,
     ExpiredToken,
     InvalidToken,
+    KeysUnavailable,
     MalformedToken,
     MissingClaim,
     NotYetValid,
@@ -627,7 +628,8 @@ async def test_dealer_down_cached_keys_keep_serving(
             claims = await v.verify(mint(keys.rs, claims_for(dealer.issuer)))
             assert claims["iss"] == dealer.issuer
         await eventually(lambda: "fetch failed" in caplog.text)
-        with pytest.raises(UnknownKey):
+        # A new key cannot be checked while the dealer is down: unavailable, not invalid.
+        with pytest.raises(KeysUnavailable):
             await v.verify(mint(keys.es, claims_for(dealer.issuer)))
         assert v.known_kids == {keys.rs.kid}
 

@@ -63,6 +63,7 @@ from tokendealer.store.revocation_list import RevokedToken
 
 CREATE = ["clients", "create", "--name", "crash", "--scope", "read write", "--audience", "jeeves"]
 CREATE += ["--ttl", "300", "--json"]
+INIT = ["init"]  # only init and serve create the schema and the key set
 COLUMNS = [column.key for column in Client.__table__.columns]
 KILLS = 8  # random kills per command and database
 KEY_KILLS = 10
@@ -223,9 +224,10 @@ def test_sigkill_at_random_moments_of_clients_create(
     """No new client, or one whole client; the printed secret authenticates."""
     rng, seed = seeded_random()
     env = dealer_factory(database_url).env
+    assert run_killed_after(env, INIT, None).returncode == 0
     secrets: dict[str, str] = {}
     durations = []
-    for _ in range(2):  # the first migrates the database; both time the command
+    for _ in range(2):  # both time the command
         done = run_killed_after(env, CREATE, None)
         assert done.returncode == 0, done.describe()
         secrets[done.printed_json()["client_id"]] = done.printed_json()["client_secret"]
@@ -264,6 +266,7 @@ def test_sigkill_at_random_moments_of_rotate_secret(
     the command printed one."""
     rng, seed = seeded_random()
     env = dealer_factory(database_url).env
+    assert run_killed_after(env, INIT, None).returncode == 0
     created = run_killed_after(env, CREATE, None)
     assert created.returncode == 0, created.describe()
     client_id, secret = created.printed_json()["client_id"], created.printed_json()["client_secret"]
@@ -314,7 +317,7 @@ def test_sigkill_at_random_moments_of_keys_rotate(dealer_factory, sqlite_url: st
     dealer = dealer_factory(sqlite_url, TOKENDEALER_SIGNING_ALG=KEY_ALG)
     keys_dir = Path(dealer.env["TOKENDEALER_KEYS_DIR"])
     rotate = ["keys", "rotate", "--json"]
-    assert run_killed_after(dealer.env, ["keys", "list"], None).returncode == 0
+    assert run_killed_after(dealer.env, INIT, None).returncode == 0
     durations = []
     for _ in range(2):
         done = run_killed_after(dealer.env, rotate, None)
@@ -375,10 +378,12 @@ def test_sigkill_at_each_step_of_the_first_migration(
     stored: Stored,
     tripped: TrippedCLI,
 ) -> None:
-    """The first command on a new database migrates it: a crash at any step of the
-    migration leaves a database the next start migrates, with no client in it."""
+    """``init`` on a new database migrates it: a crash at any step of the migration
+    leaves a database the next start migrates, with no client in it."""
     env = dealer_factory(database_url).env
-    uncut = tripped.run(env, CREATE)
+    assert tripped.run(env, INIT).returncode == 0  # the key set: only the migration is traced
+    empty_database(database_url)
+    uncut = tripped.run(env, INIT)
     assert uncut.returncode == 0, uncut.describe()
     migrated = uncut.steps.index("commit") + 1
     points = [point for point in crash_points(uncut.steps) if point.index <= migrated]
@@ -386,7 +391,7 @@ def test_sigkill_at_each_step_of_the_first_migration(
     problems = []
     for point in points:
         empty_database(database_url)
-        outcome = tripped.run(env, CREATE, point)
+        outcome = tripped.run(env, INIT, point)
         assert outcome.killed and outcome.steps[-1] == point.label, outcome.describe()
         try:
             found = stored.clients()
@@ -404,7 +409,7 @@ def test_sigkill_at_each_step_of_clients_create(
 ) -> None:
     """No client, or one whole client; the id and secret are printed only once committed."""
     env = dealer_factory(database_url).env
-    assert tripped.run(env, CREATE).returncode == 0  # migrates
+    assert tripped.run(env, INIT).returncode == 0
     uncut = tripped.run(env, CREATE)
     assert uncut.returncode == 0, uncut.describe()
     committed = len(uncut.steps) - uncut.steps[::-1].index("commit")
@@ -436,6 +441,7 @@ def test_sigkill_at_each_step_of_rotate_secret(
 ) -> None:
     """The old secret until the commit, the new one from it; printed only once committed."""
     env = dealer_factory(database_url).env
+    assert tripped.run(env, INIT).returncode == 0
     created = tripped.run(env, CREATE).printed_json()
     client_id, secret = created["client_id"], created["client_secret"]
     args = ["clients", "rotate-secret", client_id, "--json"]
@@ -475,7 +481,7 @@ def test_sigkill_at_each_step_of_keys_rotate(
     env = dealer_factory(sqlite_url, TOKENDEALER_SIGNING_ALG=KEY_ALG).env
     keys_dir = Path(env["TOKENDEALER_KEYS_DIR"])
     args = ["keys", "rotate", "--json"]
-    assert tripped.run(env, ["keys", "list"]).returncode == 0
+    assert tripped.run(env, INIT).returncode == 0
     uncut = tripped.run(env, args)
     assert uncut.returncode == 0, uncut.describe()
     renamed = uncut.steps.index("fs: replace") + 1

@@ -1,10 +1,20 @@
-"""The README's walk-through, pasted into bash as written, against a real dealer."""
+"""The README's bash blocks, pasted into bash as written, against real services."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
+import shutil
 from pathlib import Path
 
-from tests.support.readme import readme_block, run_pasted
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.conftest import PG_ENV
+from tests.support.readme import readme_block, replaced, run_block, run_pasted
 
 
 def test_walkthrough_works_pasted_as_written(dealer, tmp_path: Path) -> None:
@@ -14,3 +24,61 @@ def test_walkthrough_works_pasted_as_written(dealer, tmp_path: Path) -> None:
     assert "rotated:" in result.stdout
     keys = dealer.cli_json("keys", "list")
     assert sorted(k["state"] for k in keys) == ["current", "next", "retired"]
+
+
+async def _as_superuser(url: str, *statements: str) -> None:
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def test_postgresql_set_up_works_pasted_as_written(tmp_path: Path) -> None:
+    """Role and database made with psql as the README says, then init and check: on CI's
+    PostgreSQL, under a throw-away name, dropped after."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (CI sets it)")
+    if shutil.which("psql") is None:
+        pytest.skip("the README's PostgreSQL steps need psql")
+    admin = make_url(base)
+    host, port = admin.host or "127.0.0.1", admin.port or 5432
+    name = f"td_readme_{secrets.token_hex(4)}"
+    script = replaced(
+        readme_block("Running against PostgreSQL"),
+        {
+            "psql -h db.internal -U postgres": (
+                f"psql -h {host} -p {port} -U {admin.username} -d {admin.database}"
+            ),
+            "CREATE ROLE tokendealer LOGIN": f"CREATE ROLE {name} LOGIN",
+            "CREATE DATABASE tokendealer OWNER tokendealer;": (
+                f"CREATE DATABASE {name} OWNER {name};"
+            ),
+            "postgresql+asyncpg://tokendealer:change-me@db.internal:5432/tokendealer": (
+                f"postgresql+asyncpg://{name}:change-me@{host}:{port}/{name}"
+            ),
+        },
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
+    if admin.password:
+        env["PGPASSWORD"] = str(admin.password)
+    try:
+        result = run_block(script, tmp_path, env)
+    finally:
+        asyncio.run(
+            _as_superuser(
+                admin.render_as_string(hide_password=False),
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                f'DROP ROLE IF EXISTS "{name}"',
+            )
+        )
+    where = f"postgresql+asyncpg://{name}:***@{host}:{port}/{name}"
+    assert f"database: created in {where}" in result.stdout, result.stdout
+    assert f"key set: created in {tmp_path / 'keys' / 'keyset.json'}" in result.stdout
+    # check passed (bash -e), database and key set included:
+    assert f"database: ok ({where}, schema " in result.stdout, result.stdout
+    assert "key store: ok (" in result.stdout, result.stdout
+    assert "change-me" not in result.stdout + result.stderr

@@ -11,6 +11,7 @@ from tokendealer.cli.shared import (
     emit,
     fail,
     load_settings,
+    operator,
     run_db,
 )
 
@@ -47,7 +48,9 @@ def show_secret(issued: Any, as_json: bool) -> None:
 @click.option("--name", required=True, help="Who the client is, for humans.")
 @click.option("--scope", default="", help='Allowed scopes, space separated: "read write".')
 @click.option("--audience", "audiences", multiple=True, help="An allowed audience (repeatable).")
-@click.option("--ttl", type=click.IntRange(min=1), help="Token lifetime in seconds (capped).")
+@click.option(
+    "--ttl", type=click.IntRange(min=1), help="Token lifetime in seconds, at most TOKEN_TTL."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def clients_create(
     name: str, scope: str, audiences: tuple[str, ...], ttl: int | None, as_json: bool
@@ -56,7 +59,12 @@ def clients_create(
     if not audiences:
         fail("a client needs at least one audience: --audience AUD (repeatable)")
     settings = load_settings()
-    issued = run_db(settings, lambda registry: registry.create(name, scope, audiences, ttl))
+    issued = run_db(
+        settings,
+        lambda registry: registry.create(
+            name, scope, audiences, ttl, max_token_ttl=settings.token_ttl, actor=operator()
+        ),
+    )
     show_secret(issued, as_json)
 
 
@@ -67,13 +75,22 @@ def clients_list(as_json: bool) -> None:
     settings = load_settings()
     found = run_db(settings, lambda registry: registry.list())
     facts = [client.public_facts() for client in found]
-    header = f"{'client_id':<18} {'enabled':<8} {'name':<24} {'scope':<24} audience"
     rows = [
-        f"{f['client_id']:<18} {'yes' if f['enabled'] else 'no':<8} {f['name']:<24} "
-        f"{f['scope']:<24} {' '.join(f['audience'])}"
+        [f["client_id"], "yes" if f["enabled"] else "no", f["name"], f["scope"]]
+        + [" ".join(f["audience"])]
         for f in facts
     ]
-    emit(facts, as_json, [header, *rows] if rows else ["no clients yet"])
+    header = ["client_id", "enabled", "name", "scope", "audience"]
+    emit(facts, as_json, table(header, rows) if rows else ["no clients yet"])
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns as wide as their widest cell, two spaces apart (the last one ragged)."""
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
 
 
 def _client_command(name: str, doc: str, action: Callable[[Any, str], Awaitable[Any]]) -> None:
@@ -92,12 +109,57 @@ def _client_command(name: str, doc: str, action: Callable[[Any, str], Awaitable[
 
 _client_command("show", "Show one client.", lambda r, cid: r.get(cid))
 _client_command(
-    "disable", "Stop a client getting tokens.", lambda r, cid: r.set_enabled(cid, False)
+    "disable",
+    "Stop a client getting tokens.",
+    lambda r, cid: r.set_enabled(cid, False, actor=operator()),
 )
 _client_command(
-    "enable", "Let a disabled client get tokens again.", lambda r, cid: r.set_enabled(cid, True)
+    "enable",
+    "Let a disabled client get tokens again.",
+    lambda r, cid: r.set_enabled(cid, True, actor=operator()),
 )
-_client_command("delete", "Delete a client for good.", lambda r, cid: r.delete(cid))
+_client_command(
+    "delete", "Delete a client for good.", lambda r, cid: r.delete(cid, actor=operator())
+)
+
+
+@clients.command("update")
+@click.argument("client_id")
+@click.option("--name", help="A new name.")
+@click.option("--scope", help='The allowed scopes, replacing them: "read write".')
+@click.option(
+    "--audience", "audiences", multiple=True, help="The allowed audiences, replacing them."
+)
+@click.option(
+    "--ttl", type=click.IntRange(min=1), help="Token lifetime in seconds, at most TOKEN_TTL."
+)
+@click.option("--json", "as_json", is_flag=True)
+def clients_update(
+    client_id: str,
+    name: str | None,
+    scope: str | None,
+    audiences: tuple[str, ...],
+    ttl: int | None,
+    as_json: bool,
+) -> None:
+    """Change a client's name, scopes, audiences or token lifetime (its secret stays)."""
+    if name is None and scope is None and not audiences and ttl is None:
+        fail("nothing to change: give --name, --scope, --audience or --ttl", status=2)
+    settings = load_settings()
+    client = run_db(
+        settings,
+        lambda registry: registry.update(
+            client_id,
+            name=name,
+            scopes=scope,
+            audiences=audiences or None,
+            token_ttl=ttl,
+            max_token_ttl=settings.token_ttl,
+            actor=operator(),
+        ),
+    )
+    facts = client.public_facts()
+    emit(facts, as_json, client_lines(facts))
 
 
 @clients.command("rotate-secret")
@@ -113,5 +175,7 @@ _client_command("delete", "Delete a client for good.", lambda r, cid: r.delete(c
 def clients_rotate_secret(client_id: str, grace: int, as_json: bool) -> None:
     """Give a client a new secret; the old one works for --grace seconds more."""
     settings = load_settings()
-    issued = run_db(settings, lambda registry: registry.rotate_secret(client_id, grace))
+    issued = run_db(
+        settings, lambda registry: registry.rotate_secret(client_id, grace, actor=operator())
+    )
     show_secret(issued, as_json)

@@ -1,4 +1,9 @@
-"""``tokendealer keys ...``: the key set: list, rotate, prune, revoke, rewrap."""
+"""``tokendealer keys ...``: the key set: list, rotate, prune, revoke, rewrap.
+
+None of them creates a key set (``tokendealer init`` and ``serve`` do): without
+one they fail in one line naming the directory. ``list`` only reads, so it works
+on a read-only key directory; the others write and say so when they cannot.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 
 import click
 
+from tokendealer.cli.audit import record_key_event
 from tokendealer.cli.shared import (
     PRUNE_LEEWAY_SECONDS,
     T,
@@ -52,7 +58,7 @@ def keys_list(as_json: bool) -> None:
     """The published keys and their states (public facts only)."""
     settings = load_settings()
     store = keystore(settings)
-    keyset, _ = _guard(lambda: store.ensure(settings.signing_alg))
+    keyset = _guard(store.load)
     facts = [key.facts() for key in keyset.keys]
     emit(facts, as_json, key_lines(facts))
 
@@ -64,7 +70,6 @@ def keys_rotate(alg: str | None, as_json: bool) -> None:
     """next -> current (signs now), current -> retired (still published), new next."""
     settings = load_settings()
     store = keystore(settings)
-    _guard(lambda: store.ensure(settings.signing_alg))
     before, after = _guard(lambda: store.rotate(alg or settings.signing_alg))
     published_for = (datetime.now(UTC) - before.next.created_at).total_seconds()
     needed = settings.jwks_max_age + settings.keys_reload_interval
@@ -86,6 +91,7 @@ def keys_rotate(alg: str | None, as_json: bool) -> None:
             *key_lines(facts),
         ],
     )
+    record_key_event(settings, "keys.rotate", "key", after.current.kid)
 
 
 @keys.command("prune")
@@ -111,6 +117,8 @@ def keys_prune(leeway: int, as_json: bool) -> None:
         [f"pruned {key.kid} ({key.alg}, retired {key.facts()['retired_at']})" for key in removed]
         or ["nothing to prune"],
     )
+    if removed:
+        record_key_event(settings, "keys.prune", "key", " ".join(key.kid for key in removed))
 
 
 @keys.command("rewrap")
@@ -133,6 +141,8 @@ def keys_rewrap(as_json: bool) -> None:
         "under TOKENDEALER_KEY_PASSPHRASE"
     )
     emit({"rewrapped": moved, "keys": total, "path": str(store.path)}, as_json, [line])
+    if moved:
+        record_key_event(settings, "keys.rewrap", "keyset", str(store.path))
 
 
 class KidArgumentCommand(click.Command):
@@ -163,3 +173,4 @@ def keys_revoke(kid: str, as_json: bool) -> None:
             *key_lines(facts),
         ],
     )
+    record_key_event(settings, "keys.revoke", "key", revoked.kid)

@@ -3,12 +3,17 @@
 Every failure an operator can cause (bad configuration, unknown id, unreachable
 database, broken key set) ends in one line on stderr and a non-zero status,
 never a traceback.
+
+Only ``init`` and ``serve`` create a database schema or a key set. Every other
+command opens what is there (:func:`run_db`, :func:`keystore`) and, finding
+nothing, fails in one line naming where it looked and the setting behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NoReturn, TypeVar
@@ -48,25 +53,54 @@ def keystore(settings: Settings) -> KeyStore:
     return KeyStore.from_settings(settings)
 
 
-def run_db(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action(registry)`` against a migrated database, then dispose the engine."""
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What the database layer raises when the database cannot be used (not our bugs)."""
+    from alembic.util.exc import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
-    from tokendealer.store.database import create_engine, migrate
-    from tokendealer.store.registry import ClientError, ClientRegistry
+    return (SQLAlchemyError, OSError, TimeoutError, sqlite3.Error, CommandError)
+
+
+def with_engine(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """``action(engine)`` on a fresh engine, bounded by three database timeouts; one line
+    on failure (:func:`tokendealer.store.database.describe_database_error`)."""
+    from tokendealer.store.database import DatabaseMissing, create_engine, describe_database_error
+    from tokendealer.store.registry import ClientError
 
     async def main() -> T:
         engine = create_engine(settings.database_url, settings.db_timeout)
         try:
             async with asyncio.timeout(settings.db_timeout * 3):
-                await migrate(engine)
-            return await action(ClientRegistry(engine))
+                return await action(engine)
         finally:
             await engine.dispose()
 
     try:
         return asyncio.run(main())
-    except ClientError as exc:
+    except (ClientError, DatabaseMissing) as exc:
         fail(str(exc))
-    except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        fail(f"the database is unreachable ({type(exc).__name__}); check TOKENDEALER_DATABASE_URL")
+    except database_errors() as exc:
+        fail(describe_database_error(exc, settings.database_url, settings.db_timeout))
+
+
+def run_db(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(registry)`` against the existing database, upgraded to the newest schema.
+
+    Never creates one: no SQLite file, or no tokendealer schema, is one line
+    saying to run ``tokendealer init``.
+    """
+    from tokendealer.store.database import upgrade_existing
+    from tokendealer.store.registry import ClientRegistry
+
+    async def upgraded(engine: Any) -> T:
+        await upgrade_existing(engine)
+        return await action(ClientRegistry(engine))
+
+    return with_engine(settings, upgraded)
+
+
+def operator() -> Any:
+    """The person at this command line, for the administrative audit record."""
+    from tokendealer.store.admin_events import Actor
+
+    return Actor.command_line()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
+from datetime import UTC, datetime, timedelta
 
 from quart import Quart, Response
 
@@ -25,6 +27,7 @@ from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.dealer.state import EXTENSION, DealerState
 from tokendealer.keys.file_store import KeyStore
 from tokendealer.keys.ring import KeyRing
+from tokendealer.store.admin_events import AdminEvents
 from tokendealer.store.client_cache import ClientCache
 from tokendealer.store.database import create_engine, migrate
 from tokendealer.store.registry import ClientRegistry
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         clients=ClientCache(registry, settings.client_cache_ttl),
         keyring=KeyRing(store, settings.keys_reload_interval),
         revocations=RevocationList(engine),
+        admin_events=AdminEvents(engine),
         limiter=FailureLimiter(
             settings.rate_limit_url,
             settings.auth_failure_limit,
@@ -69,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         await asyncio.to_thread(store.ensure, settings.signing_alg)
         await asyncio.to_thread(state.keyring.refresh)
         follower = asyncio.create_task(state.keyring.follow())
-        purger = asyncio.create_task(purge_revocations(state))
+        purger = asyncio.create_task(purge_expired(state))
 
     @app.after_serving
     async def stop() -> None:
@@ -116,14 +120,23 @@ def create_app(settings: Settings | None = None) -> Quart:
     return app
 
 
-async def purge_revocations(state: DealerState, interval: float = PURGE_INTERVAL) -> None:
-    """Drop revoked jtis past their token's expiry, every ``interval`` seconds, until cancelled."""
+async def purge_expired(state: DealerState, interval: float = PURGE_INTERVAL) -> None:
+    """Every ``interval`` seconds until cancelled, drop what has outlived its use: revoked
+    jtis past their token's expiry, and administrative audit events older than
+    ``TOKENDEALER_AUDIT_RETENTION``."""
+    retention = timedelta(seconds=state.settings.audit_retention)
     while True:
         await asyncio.sleep(interval)
-        try:
-            purged = await state.db_call(state.revocations.purge())
-        except Exception as exc:  # the database may be down for a while: try again later
-            log.warning("purging expired revocations failed: %s", type(exc).__name__)
-        else:
-            if purged:
-                log.info("purged %d expired revocations", purged)
+        await _purge(state, "expired revocations", state.revocations.purge())
+        cutoff = datetime.now(UTC) - retention
+        await _purge(state, "audit events past their retention", state.admin_events.purge(cutoff))
+
+
+async def _purge(state: DealerState, what: str, purge: Awaitable[int]) -> None:
+    try:
+        purged = await state.db_call(purge)
+    except Exception as exc:  # the database may be down for a while: try again later
+        log.warning("purging %s failed: %s", what, type(exc).__name__)
+    else:
+        if purged:
+            log.info("purged %d %s", purged, what)

@@ -6,15 +6,17 @@ to stderr). Every line has the same keys::
 
     {"time": "2026-11-25T10:00:00.123Z", "event": "token_issued", "outcome": "success",
      "reason": null, "client_id": "...", "scope": "read", "audience": ["jeeves"],
-     "jti": "...", "source": "203.0.113.7", "endpoint": "token"}
+     "jti": "...", "kid": "...", "source": "203.0.113.7", "endpoint": "token"}
 
 ``event`` is ``token_issued``, ``token_refused`` (authenticated, but the
 request was refused: ``reason`` is the RFC 6749 §5.2 code),
 ``authentication_failed`` (``reason``: ``missing_credentials``,
 ``malformed_credentials``, ``unknown_client``, ``wrong_secret``,
 ``client_disabled``, or ``rate_limited`` with outcome ``rate_limited``) or
-``token_revoked``. ``source`` is the address limits apply to (see
-:mod:`tokendealer.dealer.address`).
+``token_revoked``. ``kid`` is the key that signed the token of a
+``token_issued`` line (the token header's ``kid``: which key a leak or a
+rotation touches), null on the other events. ``source`` is the address limits
+apply to (see :mod:`tokendealer.dealer.address`).
 
 Never a secret, never a token: only the fields above are written. Values a
 caller chose (a client id that failed, a requested scope) are cut to
@@ -75,6 +77,7 @@ def record(
     scope: str | None = None,
     audience: Sequence[str] | None = None,
     jti: str | None = None,
+    kid: str | None = None,
 ) -> None:
     """Write one audit line (one ``json.dumps`` and one logger call)."""
     if not log.isEnabledFor(logging.INFO):
@@ -88,6 +91,7 @@ def record(
         "scope": _cut(scope),
         "audience": None if audience is None else [_cut(aud) for aud in audience[:10]],
         "jti": jti,
+        "kid": kid,
         "source": source,
         "endpoint": endpoint,
     }

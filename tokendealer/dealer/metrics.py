@@ -20,6 +20,9 @@ Series:
   ``tokendealer_signing_key_info{kid, alg, state}``, ``tokendealer_keyset_stale``:
   the key set as the answering worker sees it (every worker follows the same
   file within seconds).
+- ``tokendealer_rate_limit_storage_unavailable``: 1 when the answering worker
+  found the storage of the brute-force limits unreachable (the limits then fail
+  open); always 0 with ``memory://``.
 
 Multiprocess mode: ``tokendealer serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at
 a fresh directory before hypercorn spawns its workers; prometheus-client then
@@ -233,8 +236,13 @@ class KeySetCollector:
         yield info
 
 
-def exposition(keyring: KeyRing, max_inflight: int | None = None) -> bytes:
-    """The text exposition: every worker's samples (multiprocess) plus the key set."""
+def exposition(
+    keyring: KeyRing,
+    max_inflight: int | None = None,
+    rate_limit_storage_unavailable: bool | None = None,
+) -> bytes:
+    """The text exposition: every worker's samples (multiprocess) plus the key set and,
+    when given, the in-flight limit and the health of the rate-limit storage."""
     if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -249,6 +257,17 @@ def exposition(keyring: KeyRing, max_inflight: int | None = None) -> bytes:
                     "tokendealer_max_inflight",
                     "TOKENDEALER_MAX_INFLIGHT: requests one worker serves at once before shedding.",
                     value=max_inflight,
+                )
+            )
+        )
+    if rate_limit_storage_unavailable is not None:
+        keys.register(
+            _Constant(
+                GaugeMetricFamily(  # type: ignore[arg-type]
+                    "tokendealer_rate_limit_storage_unavailable",
+                    "1 when the rate-limit storage cannot be reached (failed authentications "
+                    "are then not limited).",
+                    value=1 if rate_limit_storage_unavailable else 0,
                 )
             )
         )
@@ -270,5 +289,6 @@ blueprint = Blueprint("metrics", __name__)
 async def metrics() -> Response:
     """Prometheus text format (version 0.0.4)."""
     state = dealer_state(current_app)
-    body = exposition(state.keyring, state.settings.max_inflight)
+    unavailable = not await state.limiter.storage_available()
+    body = exposition(state.keyring, state.settings.max_inflight, unavailable)
     return Response(body, content_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})

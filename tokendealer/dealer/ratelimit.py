@@ -27,6 +27,14 @@ gets at most one more try per process, and only a correct secret would pass it.
 A storage that fails or hangs (more than :data:`STORAGE_TIMEOUT`) fails open:
 the failure is logged (once a minute) and the request is answered as if no
 limit were reached, so a Redis outage never stops token issuance.
+
+Whether the storage can be reached (``/readyz`` says ``"rate_limits"``, the
+gauge ``tokendealer_rate_limit_storage_unavailable``) is what this process saw
+last: a hit that failed or passed, or a ``PING`` (bounded by
+:data:`PING_TIMEOUT`) when nothing was seen for :data:`HEALTH_INTERVAL`
+seconds. So probes cost at most one round trip per interval, shared by
+concurrent callers, and a storage that hangs cannot hang them. ``memory://``
+is always available. The return of the storage is logged once.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ from limits.storage import storage_from_string
 log = logging.getLogger("tokendealer.ratelimit")
 
 STORAGE_TIMEOUT = 1.0  # seconds one storage call may take before we fail open
+HEALTH_INTERVAL = 5.0  # seconds the last word on the storage's health is trusted
+PING_TIMEOUT = 0.5  # seconds a health check's PING may take before it counts as a failure
 MAX_BLOCKED = 65536  # blocks remembered per process; expired ones are dropped first
 ERROR_LOG_INTERVAL = 60.0
 
@@ -77,7 +87,12 @@ class FailureLimiter:
         self._storage: Any = storage_from_string(f"async+{url}", key_prefix=prefix)
         self._limiter = MovingWindowRateLimiter(self._storage)
         self._blocked: dict[str, float] = {}  # key -> epoch seconds when it ends
-        self._last_error_log = -math.inf
+        self._last_error_log = self._last_back_log = -math.inf
+        # The storage's health as last seen (monotonic time), and the PING under way.
+        self._shared = not url.startswith("memory://")
+        self._available = True
+        self._seen_at = -math.inf
+        self._ping: asyncio.Task[None] | None = None
 
     # -- the per-request check: no I/O ------------------------------------------------
 
@@ -111,8 +126,9 @@ class FailureLimiter:
                     allowed = await self._limiter.hit(item, *ids, address)
                     stats = await self._limiter.get_window_stats(item, *ids, address)
             except Exception as exc:  # any storage failure: fail open
-                self._storage_failed(exc)
+                self._storage_failed(type(exc).__name__)
                 return None
+            self._saw(available=True)
             if not allowed or stats.remaining <= 0:
                 self._block(local_key, stats.reset_time)
             if not allowed and refused is None:
@@ -128,18 +144,60 @@ class FailureLimiter:
                     del self._blocked[stale]
         self._blocked[key] = max(until, self._blocked.get(key, 0.0))
 
-    def _storage_failed(self, exc: Exception) -> None:
+    def _storage_failed(self, why: str) -> None:
+        self._saw(available=False)
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_INTERVAL:
             self._last_error_log = now
             log.error(
                 "rate-limit storage unavailable (%s); failed authentications are not "
                 "being limited until it is back",
-                type(exc).__name__,
+                why,
             )
+
+    # -- the storage's health, for /readyz and /metrics ---------------------------------
+
+    def _saw(self, *, available: bool) -> None:
+        now = time.monotonic()
+        if available and not self._available and now - self._last_back_log >= ERROR_LOG_INTERVAL:
+            # Told once a minute at most, like the outage; the next outage is told at once,
+            # so the log never leaves the storage "reachable" while it is not.
+            self._last_back_log, self._last_error_log = now, -math.inf
+            log.info("rate-limit storage reachable again: failed authentications are limited")
+        self._available, self._seen_at = available, now
+
+    async def storage_available(self) -> bool:
+        """Whether the storage answers: the last word on it, renewed by one ``PING`` when
+        older than :data:`HEALTH_INTERVAL`. Returns within about :data:`PING_TIMEOUT`."""
+        if not self._shared:
+            return True
+        if time.monotonic() - self._seen_at >= HEALTH_INTERVAL:
+            if self._ping is None or self._ping.done():
+                self._ping = asyncio.create_task(self._check())
+            # Shielded: a caller that goes away does not cancel a check others wait for.
+            await asyncio.shield(self._ping)
+        return self._available
+
+    async def _check(self) -> None:
+        """One ``PING``, bounded by :data:`PING_TIMEOUT`; records what it found."""
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                answered = await self._storage.check()
+        except Exception as exc:  # includes TimeoutError: no answer in time is no answer
+            answered, why = False, type(exc).__name__
+        else:
+            why = "no answer to PING"
+        if answered:
+            self._saw(available=True)
+        else:
+            self._storage_failed(why)
 
     async def close(self) -> None:
         """Close the storage's connections (Redis); memory storage has none."""
+        if self._ping is not None and not self._ping.done():
+            self._ping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ping
         bridge = getattr(self._storage, "bridge", None)
         client = getattr(bridge, "storage", None)
         pool = getattr(client, "connection_pool", None)

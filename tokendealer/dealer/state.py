@@ -17,6 +17,7 @@ from tokendealer.dealer.errors import temporarily_unavailable
 from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.keys.ring import KeyRing
 from tokendealer.keys.signing import TokenSigner
+from tokendealer.store.admin_events import AdminEvents
 from tokendealer.store.client_cache import ClientCache
 from tokendealer.store.registry import ClientRegistry
 from tokendealer.store.revocation_list import RevocationList
@@ -34,6 +35,7 @@ class DealerState:
     keyring: KeyRing
     revocations: RevocationList
     limiter: FailureLimiter
+    admin_events: AdminEvents  # administrative changes, for the record (and the admin API)
     _signer: TokenSigner | None = None
 
     def signer(self) -> TokenSigner:

@@ -181,6 +181,7 @@ async def issue(state: DealerState, caller: Caller, form: Form) -> bytes:
         scope=claims["scope"],
         audience=audience,
         jti=claims["jti"],
+        kid=signer.key.kid,
     )
     answer = {
         "access_token": access_token,

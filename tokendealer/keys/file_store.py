@@ -22,6 +22,13 @@ Every way a file can fail to load (absent, not a regular file, unreadable,
 not JSON, a field of the wrong type, a key that does not decrypt) is one
 :class:`KeySetError` line that names the defect and never repeats a value
 read from the file, so it can be logged as it is.
+
+Only :meth:`KeyStore.ensure` creates a key set (``tokendealer init`` and
+``serve``); every other operation on a directory without one raises
+:class:`KeySetMissing` and creates nothing, not even the directory or its
+lock file. Reading never takes the lock, so a key set on a read-only volume
+can be listed and served; only the operations that write need the directory
+to be writable.
 """
 
 from __future__ import annotations
@@ -62,10 +69,15 @@ FORMAT = "tokendealer-keyset/1"
 # The settings' names, for messages (not secrets):
 PASSPHRASE = "TOKENDEALER_KEY_PASSPHRASE"  # noqa: S105
 PREVIOUS_PASSPHRASE = "TOKENDEALER_KEY_PASSPHRASE_PREVIOUS"  # noqa: S105
+KEYS_DIR_SETTING = "TOKENDEALER_KEYS_DIR"
 
 # What a private key in the file was encrypted under: nothing, the current
 # passphrase, or the previous one.
 Wrapping = Literal["plain", "current", "previous"]
+
+
+class KeySetMissing(KeySetError):
+    """No key set where the settings point: ``tokendealer init`` (or ``serve``) makes one."""
 
 
 @dataclass(frozen=True)
@@ -326,7 +338,11 @@ class KeyStore:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise KeySetError(self._missing()) from None
+            if os.path.islink(self.path):
+                raise KeySetError(
+                    f"{self.path} is a symbolic link to a file that does not exist"
+                ) from None
+            raise self._missing() from None
         except OSError as exc:
             raise KeySetError(f"cannot read {self.path}: {_reason(exc)}") from None
         try:
@@ -340,13 +356,15 @@ class KeyStore:
         finally:
             os.close(fd)
 
-    def _missing(self) -> str:
-        if os.path.islink(self.path):
-            return f"{self.path} is a symbolic link to a file that does not exist"
-        return (
-            f"no key set in {self.directory}/: "
-            "run 'tokendealer keys list' or start the server to create one"
+    def _missing(self) -> KeySetMissing:
+        return KeySetMissing(
+            f"no key set in {self.directory.absolute()}/ ({KEYS_DIR_SETTING}); run tokendealer init"
         )
+
+    def _require(self) -> None:
+        """Before a change: refuse at once, creating nothing, when there is no key set."""
+        if not self.exists():
+            raise self._missing()
 
     def _check_wrappings(self, wrappings: tuple[Wrapping, ...]) -> None:
         """Refuse keys whose encryption disagrees with the passphrase setting (rewrap fixes it)."""
@@ -365,10 +383,21 @@ class KeyStore:
     # -- changing (each under the directory lock) --------------------------
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive lock shared by every process using this directory."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    def locked(self, create: bool = False) -> Iterator[None]:
+        """Exclusive lock shared by every process using this directory (``create``: make the
+        directory first). Only writers take it: it needs the directory to be writable."""
+        if create:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        elif not self.directory.is_dir():
+            raise self._missing()
+        try:
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise KeySetError(
+                f"cannot write in {self.directory.absolute()}/ ({_reason(exc)}): creating, "
+                f"rotating, pruning, revoking and rewrapping keys need write access to "
+                f"{KEYS_DIR_SETTING}; reading does not"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -377,8 +406,14 @@ class KeyStore:
             os.close(fd)
 
     def ensure(self, alg: str) -> tuple[KeySet, bool]:
-        """Create a key set (current + next) unless one exists; returns (set, created)."""
-        with self.locked():
+        """Create a key set (current + next) unless one exists; returns (set, created).
+
+        An existing set is only read, without the lock: a read-only key directory
+        (a Secret, a read-only volume) serves as long as it holds a key set.
+        """
+        if self.exists():
+            return self.load(), False
+        with self.locked(create=True):
             if self.exists():
                 return self.load(), False
             now = utc_now()
@@ -390,6 +425,7 @@ class KeyStore:
 
     def rotate(self, alg: str) -> tuple[KeySet, KeySet]:
         """next -> current, current -> retired, a new next of ``alg``; returns (before, after)."""
+        self._require()
         with self.locked():
             before = self.load()
             now = utc_now()
@@ -402,6 +438,7 @@ class KeyStore:
 
     def prune(self, max_token_lifetime: float, now: datetime | None = None) -> list[SigningKey]:
         """Drop retired keys retired more than ``max_token_lifetime`` seconds ago."""
+        self._require()
         with self.locked():
             keyset = self.load()
             moment = now or utc_now()
@@ -417,6 +454,7 @@ class KeyStore:
 
     def revoke(self, kid: str, alg: str) -> tuple[SigningKey, KeySet]:
         """Remove a leaked key at once, whatever its state; keep a current and a next."""
+        self._require()
         with self.locked():
             keyset = self.load()
             revoked = keyset.get(kid)
@@ -447,6 +485,7 @@ class KeyStore:
                 f"keys rewrap needs {PASSPHRASE}: set it to the passphrase to encrypt "
                 "the keys under"
             )
+        self._require()
         with self.locked():
             stored = self._read_stored()
             moved = stored.not_under_current()

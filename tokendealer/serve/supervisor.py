@@ -5,8 +5,9 @@ themselves die of the SIGTERM (or Ctrl-C's SIGINT) sent to the whole process
 group, as systemd and terminals do: requests in flight are cut, and a load
 balancer still sending here gets errors. This supervisor replaces it:
 
-- It binds the sockets once and spawns the workers, which ignore SIGINT and
-  SIGTERM: only the supervisor decides when they stop.
+- It binds the sockets once (:func:`listen`: a busy port or an unknown host is
+  one line, :class:`StartupError`) and spawns the workers, which share them and
+  ignore SIGINT and SIGTERM: only the supervisor decides when they stop.
 - **SIGTERM**: it tells every worker to drain (``/readyz`` answers 503 and
   responses carry ``Connection: close``, see :mod:`tokendealer.dealer.asgi.draining`) and
   keeps serving for ``drain_delay`` seconds, so a load balancer polling
@@ -14,9 +15,14 @@ balancer still sending here gets errors. This supervisor replaces it:
   accepting, finishes its requests in flight within hypercorn's
   ``graceful_timeout``, and exits.
 - **SIGINT** (Ctrl-C), or a second SIGTERM, skips the rest of the drain delay.
-- A worker that dies while serving is respawned; one that dies before its
-  start-up completed is a start-up failure (a bad setting, a missing file) and
-  stops the server with its exit code, rather than respawning forever.
+  A SIGTERM within ``SIGTERM_ECHO`` seconds of the first is the same stop told
+  twice (``make`` passes the group's SIGTERM on to its child), not a second one.
+- A worker that dies while serving is respawned, after a delay that doubles
+  from ``RESPAWN_FIRST`` to ``RESPAWN_MAX`` while replacements keep dying young
+  (so a crash loop cannot spin), back to the first once one has lived
+  ``RESPAWN_RESET_AFTER`` seconds. One that dies before its start-up completed
+  is a start-up failure (a bad setting, a missing file) and stops the server
+  with its exit code, rather than respawning forever.
 - The exit status is 0 when every worker stopped cleanly; workers still running
   ``STOP_MARGIN`` seconds past the grace are killed, and the status is 1.
 """
@@ -24,9 +30,12 @@ balancer still sending here gets errors. This supervisor replaces it:
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +55,51 @@ WorkerFunc = Callable[[Config, Sockets, Any], None]
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # Seconds past the grace for a worker's own shutdown (closing its database pool).
 STOP_MARGIN = 5.0
+# A SIGTERM this soon after the first is the same request passed on (make, a shell), not
+# an operator's second one: it does not cut the drain delay short.
+SIGTERM_ECHO = 1.0
+# Seconds before a dead worker's replacement starts: the first, doubled for each worker
+# that dies younger than RESPAWN_RESET_AFTER, up to RESPAWN_MAX.
+RESPAWN_FIRST = 0.5
+RESPAWN_MAX = 30.0
+RESPAWN_RESET_AFTER = 60.0
+
+
+class StartupError(Exception):
+    """The dealer cannot start (a busy port, an unusable TLS file); the message is one line."""
+
+
+def listen(config: Config) -> Sockets:
+    """Bind ``config.bind`` once, here, for every worker to share.
+
+    Without ``SO_REUSEPORT``, which hypercorn sets for several workers: the
+    workers inherit these sockets and do not need it, and with it a second
+    dealer (several workers, same user) would bind a port already in use
+    without an error and quietly take half of its connections.
+    """
+    single = copy.copy(config)
+    single.workers = 1
+    try:
+        return single.create_sockets()
+    except OSError as exc:
+        where = ", ".join(config.bind)
+        raise StartupError(f"cannot listen on {where}: {_bind_failure(exc, where)}") from None
+
+
+def _bind_failure(exc: OSError, where: str) -> str:
+    if isinstance(exc, socket.gaierror):
+        if exc.errno == getattr(socket, "EAI_ADDRFAMILY", None):  # hypercorn binds names as IPv4
+            return "the host name has no IPv4 address (give an IPv6 address itself, e.g. ::1)"
+        return f"the host name does not resolve ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this host's"
+    if exc.errno == errno.EACCES:
+        port = where.rsplit(":", 1)[-1]
+        low = port.isdigit() and 0 < int(port) < 1024
+        return "permission denied" + (" (ports below 1024 need privileges)" if low else "")
+    return exc.strerror or str(exc)
 
 
 def default_worker() -> WorkerFunc:
@@ -69,6 +123,14 @@ def worker_main(
         signal.signal(signum, signal.SIG_IGN)
     # The supervisor blocked them while spawning us; pending ones are ignored now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if config.ssl_enabled:
+        # hypercorn loads the certificate only after the app's start-up: load it before,
+        # so that a bad one (changed since the supervisor checked it) is a start-up failure.
+        try:
+            config.create_ssl_context()
+        except OSError as exc:  # ssl.SSLError too
+            print(f"error: worker {os.getpid()}: cannot load the TLS files: {exc}", file=sys.stderr)
+            sys.exit(1)
     draining.attach(supervisor)
     serve(config, sockets, draining.StopFlag())
     # Stopped cleanly: the app closed what it opened. Skip the interpreter's teardown
@@ -85,6 +147,7 @@ class Worker:
     pipe: Connection  # our end of the worker's lifecycle pipe
     started: bool = False  # the worker said its app's start-up completed
     silent: bool = False  # its end of the pipe closed: nothing more to hear
+    born: float = 0.0  # when it was spawned (monotonic)
 
 
 class Supervisor:
@@ -96,23 +159,31 @@ class Supervisor:
         drain_delay: float,
         serve: WorkerFunc | None = None,
         on_worker_exit: Callable[[int], None] | None = None,
+        sockets: Sockets | None = None,
     ) -> None:
         self.config = config
         self.drain_delay = drain_delay
         self.serve = serve or default_worker()
         self.on_worker_exit = on_worker_exit
+        self.sockets = sockets  # bound already by :func:`listen`; else run() binds them
         self.context = get_context("spawn")
         self.workers: list[Worker] = []
-        self.signals: list[int] = []
+        self.signals: list[tuple[int, float]] = []  # (signal, when it arrived)
+        self.respawns: list[float] = []  # when each replacement of a dead worker is due
+        self.respawn_delay = RESPAWN_FIRST  # for the next worker that dies young
         self.draining = False  # after SIGTERM
+        self.term_at: float | None = None  # when the first SIGTERM arrived
         self.drain_until: float | None = None  # when the workers are told to stop
         self.stopping = False  # they were told
         self.stop_until = 0.0  # when stragglers are killed
         self.status = 0
 
     def run(self) -> int:
-        """Serve until stopped; the exit status (0: every worker stopped cleanly)."""
-        sockets = self.config.create_sockets()
+        """Serve until stopped; the exit status (0: every worker stopped cleanly).
+
+        :class:`StartupError` when the sockets cannot be bound.
+        """
+        sockets = self.sockets if self.sockets is not None else listen(self.config)
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_read, False)
         os.set_blocking(wake_write, False)
@@ -134,7 +205,7 @@ class Supervisor:
         return self.status
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.signals.append(signum)
+        self.signals.append((signum, time.monotonic()))
 
     def _spawn(self, sockets: Sockets) -> None:
         ours, theirs = self.context.Pipe()
@@ -151,7 +222,7 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         theirs.close()
-        worker = Worker(process, ours)
+        worker = Worker(process, ours, born=time.monotonic())
         self.workers.append(worker)
         if self.draining:  # a replacement during the drain delay drains too
             self._tell(worker, draining.DRAIN)
@@ -170,8 +241,9 @@ class Supervisor:
 
     def _supervise(self, sockets: Sockets, wake: int) -> None:
         """Until every worker is gone: answer signals, deadlines and worker exits."""
-        while self.workers:
-            deadline = self.stop_until if self.stopping else self.drain_until
+        while self.workers or self.respawns:
+            deadlines = [self.stop_until] if self.stopping else [self.drain_until, *self.respawns]
+            deadline = min((d for d in deadlines if d is not None), default=None)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             unheard = [w for w in self.workers if not (w.started or w.silent)]
             sentinels = [w.process.sentinel for w in self.workers]
@@ -185,22 +257,33 @@ class Supervisor:
             if self.drain_until is not None and now >= self.drain_until and not self.stopping:
                 self._stop(sockets, now)
             self._reap_exited(sockets, now)
+            self._respawn_due(sockets, now)
             if self.stopping and now >= self.stop_until and self.workers:
                 self._kill_stragglers()
 
     def _answer_signals(self, now: float) -> None:
         while self.signals:
-            signum = self.signals.pop(0)
+            signum, at = self.signals.pop(0)
             if self.stopping:
                 continue
             if signum == signal.SIGTERM and self.drain_until is None:
                 self.draining = True
                 for worker in self.workers:
                     self._tell(worker, draining.DRAIN)
+                self.term_at = at
                 self.drain_until = now + self.drain_delay
                 log.info(
                     "SIGTERM: draining (/readyz answers 503) for %.1f s, then stopping",
                     self.drain_delay,
+                )
+            elif (
+                signum == signal.SIGTERM
+                and self.term_at is not None
+                and at - self.term_at < SIGTERM_ECHO
+            ):
+                log.info(
+                    "SIGTERM again within %.0f s of the first: the same stop, still draining",
+                    SIGTERM_ECHO,
                 )
             else:
                 log.info("%s: stopping now", signal.Signals(signum).name)
@@ -217,7 +300,24 @@ class Supervisor:
                 self.status = _status(code)
                 self._stop(sockets, now)
             else:
-                log.warning("worker %d died (exit code %s): starting another", pid, code)
+                delay = self._next_respawn_delay(now - worker.born)
+                log.warning(
+                    "worker %d died (exit code %s): starting another in %.1f s", pid, code, delay
+                )
+                self.respawns.append(now + delay)
+
+    def _next_respawn_delay(self, lived: float) -> float:
+        """How long a dead worker's replacement waits: doubling while workers die young."""
+        if lived >= RESPAWN_RESET_AFTER:
+            self.respawn_delay = RESPAWN_FIRST
+        delay = self.respawn_delay
+        self.respawn_delay = min(delay * 2, RESPAWN_MAX)
+        return delay
+
+    def _respawn_due(self, sockets: Sockets, now: float) -> None:
+        for due in [d for d in self.respawns if d <= now]:
+            self.respawns.remove(due)
+            if not self.stopping:
                 self._spawn(sockets)
 
     def _kill_stragglers(self) -> None:
@@ -232,6 +332,7 @@ class Supervisor:
     def _stop(self, sockets: Sockets, now: float) -> None:
         """Tell the workers to stop; stragglers are killed after the grace and a margin."""
         self.draining = self.stopping = True
+        self.respawns.clear()  # replacements not started yet never will be
         for worker in self.workers:
             self._tell(worker, draining.STOP)
         # Workers close their own copies: once they have, new connections are refused

@@ -12,15 +12,17 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Integer, String, Text, select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from tokendealer.store.admin_events import Actor, AdminEvents
 from tokendealer.store.schema import Base, UTCDateTime
 
 SECRET_BYTES = 32  # 256 bits
@@ -32,6 +34,11 @@ SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # A digest no secret produces, compared against when the client id is unknown,
 # so that an unknown id costs the same as a wrong secret.
 DUMMY_DIGEST = hashlib.sha256(b"tokendealer: no such client").hexdigest()
+MAX_NAME = 200
+# Unicode categories a name may not hold: control characters (newlines, escapes that
+# rewrite a terminal), format characters (bidi overrides that reorder what is shown),
+# line and paragraph separators, surrogates.
+FORBIDDEN_IN_NAME = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 class ClientError(Exception):
@@ -58,6 +65,37 @@ def parse_scopes(raw: str | Iterable[str]) -> tuple[str, ...]:
         if token not in scopes:
             scopes.append(token)
     return tuple(scopes)
+
+
+def check_name(name: str) -> str:
+    """A client's name, stripped: 1 to 200 characters, none of them a control character.
+
+    Names are shown in listings, logs and audit events: a newline or an escape
+    sequence in one could forge lines or rewrite an operator's terminal.
+    """
+    name = name.strip()
+    if not name or len(name) > MAX_NAME:
+        raise ClientError(f"a client needs a name of 1 to {MAX_NAME} characters")
+    for char in name:
+        if unicodedata.category(char) in FORBIDDEN_IN_NAME:
+            raise ClientError(
+                f"a client name may not hold control characters (it holds U+{ord(char):04X})"
+            )
+    return name
+
+
+def check_token_ttl(token_ttl: int | None, max_token_ttl: int | None) -> int | None:
+    """A client's own token lifetime: positive, and never above the dealer's."""
+    if token_ttl is None:
+        return None
+    if token_ttl < 1:
+        raise ClientError("--ttl must be a positive number of seconds")
+    if max_token_ttl is not None and token_ttl > max_token_ttl:
+        raise ClientError(
+            f"--ttl {token_ttl} is above TOKENDEALER_TOKEN_TTL: a client's tokens may not "
+            f"live longer than the dealer's; the maximum is {max_token_ttl} seconds"
+        )
+    return token_ttl
 
 
 def _now() -> datetime:
@@ -143,6 +181,27 @@ class ClientRegistry:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.events = AdminEvents(engine)
+
+    async def _change(
+        self,
+        action: str,
+        client_id: str | None,
+        actor: Actor | None,
+        change: Callable[[AsyncSession], Awaitable[Client]],
+    ) -> Client:
+        """Run ``change`` in one transaction with its audit event (when ``actor`` is given);
+        a refused change (:class:`ClientError`) is recorded as refused, then raised."""
+        try:
+            async with self.sessions.begin() as session:
+                client = await change(session)
+                if actor is not None:
+                    self.events.add(session, action, "client", client.client_id, actor)
+        except ClientError as exc:
+            if actor is not None:
+                await self.events.record(action, "client", client_id, actor, "refused", str(exc))
+            raise
+        return client
 
     async def create(
         self,
@@ -150,30 +209,32 @@ class ClientRegistry:
         scopes: str | Sequence[str],
         audiences: Sequence[str],
         token_ttl: int | None = None,
+        max_token_ttl: int | None = None,
+        actor: Actor | None = None,
     ) -> IssuedSecret:
-        name = name.strip()
-        if not name or len(name) > 200:
-            raise ClientError("a client needs a name of 1 to 200 characters")
-        audience_list = _check_audiences(audiences)
-        if token_ttl is not None and token_ttl < 1:
-            raise ClientError("--ttl must be a positive number of seconds")
+        """A new client and its secret (shown once); ``max_token_ttl``: the dealer's
+        ``TOKENDEALER_TOKEN_TTL``, which ``token_ttl`` may not exceed. ``actor``: who asks,
+        for the administrative audit record (None: not recorded)."""
         secret = secrets.token_urlsafe(SECRET_BYTES)
-        now = _now()
-        client = Client(
-            # hex: never starts with "-" on a command line
-            client_id=secrets.token_hex(CLIENT_ID_BYTES),
-            name=name,
-            secret_digest=digest_secret(secret),
-            scopes=" ".join(parse_scopes(scopes)),
-            audiences=audience_list,
-            token_ttl=token_ttl,
-            enabled=True,
-            created_at=now,
-            updated_at=now,
-        )
-        async with self.sessions.begin() as session:
+
+        async def add(session: AsyncSession) -> Client:
+            now = _now()
+            client = Client(
+                # hex: never starts with "-" on a command line
+                client_id=secrets.token_hex(CLIENT_ID_BYTES),
+                name=check_name(name),
+                secret_digest=digest_secret(secret),
+                scopes=" ".join(parse_scopes(scopes)),
+                audiences=_check_audiences(audiences),
+                token_ttl=check_token_ttl(token_ttl, max_token_ttl),
+                enabled=True,
+                created_at=now,
+                updated_at=now,
+            )
             session.add(client)
-        return IssuedSecret(client, secret)
+            return client
+
+        return IssuedSecret(await self._change("clients.create", None, actor, add), secret)
 
     async def get(self, client_id: str) -> Client:
         client = await self.find(client_id)
@@ -196,26 +257,68 @@ class ClientRegistry:
             )
             return list(result)
 
-    async def set_enabled(self, client_id: str, enabled: bool) -> Client:
-        async with self.sessions.begin() as session:
+    async def set_enabled(
+        self, client_id: str, enabled: bool, actor: Actor | None = None
+    ) -> Client:
+        async def switch(session: AsyncSession) -> Client:
             client = await self._locked(session, client_id)
             client.enabled = enabled
             client.updated_at = _now()
-        return client
+            return client
 
-    async def delete(self, client_id: str) -> Client:
-        async with self.sessions.begin() as session:
+        action = "clients.enable" if enabled else "clients.disable"
+        return await self._change(action, client_id, actor, switch)
+
+    async def update(
+        self,
+        client_id: str,
+        *,
+        name: str | None = None,
+        scopes: str | Sequence[str] | None = None,
+        audiences: Sequence[str] | None = None,
+        token_ttl: int | None = None,
+        max_token_ttl: int | None = None,
+        actor: Actor | None = None,
+    ) -> Client:
+        """Change what is given (None: unchanged), checked as :meth:`create` checks it."""
+
+        async def change(session: AsyncSession) -> Client:
+            new_name = None if name is None else check_name(name)
+            new_scopes = None if scopes is None else " ".join(parse_scopes(scopes))
+            new_audiences = None if audiences is None else _check_audiences(audiences)
+            new_ttl = check_token_ttl(token_ttl, max_token_ttl)
+            client = await self._locked(session, client_id)
+            if new_name is not None:
+                client.name = new_name
+            if new_scopes is not None:
+                client.scopes = new_scopes
+            if new_audiences is not None:
+                client.audiences = new_audiences
+            if new_ttl is not None:
+                client.token_ttl = new_ttl
+            client.updated_at = _now()
+            return client
+
+        return await self._change("clients.update", client_id, actor, change)
+
+    async def delete(self, client_id: str, actor: Actor | None = None) -> Client:
+        async def remove(session: AsyncSession) -> Client:
             client = await self._locked(session, client_id)
             await session.delete(client)
-        return client
+            return client
 
-    async def rotate_secret(self, client_id: str, grace: float = 0) -> IssuedSecret:
+        return await self._change("clients.delete", client_id, actor, remove)
+
+    async def rotate_secret(
+        self, client_id: str, grace: float = 0, actor: Actor | None = None
+    ) -> IssuedSecret:
         """A new secret; the old one keeps working for ``grace`` seconds."""
-        if grace < 0:
-            raise ClientError("--grace must be zero or more seconds")
         secret = secrets.token_urlsafe(SECRET_BYTES)
-        now = _now()
-        async with self.sessions.begin() as session:
+
+        async def rotate(session: AsyncSession) -> Client:
+            if grace < 0:
+                raise ClientError("--grace must be zero or more seconds")
+            now = _now()
             client = await self._locked(session, client_id)
             if grace > 0:
                 client.previous_secret_digest = client.secret_digest
@@ -225,6 +328,9 @@ class ClientRegistry:
                 client.previous_secret_expires_at = None
             client.secret_digest = digest_secret(secret)
             client.updated_at = now
+            return client
+
+        client = await self._change("clients.rotate-secret", client_id, actor, rotate)
         return IssuedSecret(client, secret)
 
     async def authenticate(self, client_id: str, secret: str) -> Client | None:

@@ -9,7 +9,8 @@ Quart and quart-auth, never the dealer's side, so a service can use it without
 the dealer's database stack (import-linter checks it). This module is the
 public surface; the code lives in its private modules:
 
-* ``_errors``   - the ``InvalidToken`` tree and the mapping from PyJWT's errors
+* ``_errors``   - the ``InvalidToken`` tree, ``KeysUnavailable`` (apart from it), and the
+  mapping from PyJWT's errors
 * ``_jwks``     - the issuer's JWK Set: discovery, fetching, filtering, the key cache
 * ``_verifier`` - ``TokenVerifier``: header, signature and claim checks, verified-token cache
 * ``_quart``    - quart-auth integration and the RFC 6750 §3 answers
@@ -25,6 +26,7 @@ from tokendealer.verify._errors import (
     ExpiredToken,
     InvalidClaim,
     InvalidToken,
+    KeysUnavailable,
     MalformedToken,
     MissingClaim,
     NotYetValid,
@@ -54,6 +56,7 @@ __all__ = [
     "InsufficientScope",
     "InvalidClaim",
     "InvalidToken",
+    "KeysUnavailable",
     "MalformedToken",
     "MissingClaim",
     "NotYetValid",

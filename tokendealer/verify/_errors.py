@@ -3,6 +3,10 @@
 ``description`` is the short text that may go to the client (RFC 6750 §3
 ``error_description``); the message (``str(exc)``) may carry detail and is for
 logs only.
+
+``KeysUnavailable`` stands apart: the token was not refused but could not be
+checked (the issuer's keys cannot be fetched), so it is deliberately not an
+``InvalidToken``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ __all__ = [
     "ExpiredToken",
     "InvalidClaim",
     "InvalidToken",
+    "KeysUnavailable",
     "MalformedToken",
     "MissingClaim",
     "NotYetValid",
@@ -86,6 +91,28 @@ class MissingClaim(InvalidToken):
 
 class InvalidClaim(InvalidToken):
     description = "invalid claim"
+
+
+class KeysUnavailable(Exception):
+    """The token could not be checked: the issuer's keys cannot be fetched right now.
+
+    Raised when the verifier has no keys at all (no fetch ever succeeded), or
+    when a token's ``kid`` is unknown and the JWKS cannot be fetched (network
+    error, an HTTP error, garbage, a set with no usable key). A JWKS that was
+    fetched fine and lacks the ``kid`` is ``UnknownKey`` instead.
+
+    Not an ``InvalidToken``, on purpose: code that catches ``InvalidToken`` to
+    refuse a caller must not treat an outage of the issuer as a bad token (the
+    caller would throw away a good token and ask the recovering dealer for a
+    new one). ``retry_after`` is how many seconds until the verifier will try
+    the issuer again (at least 1); ``TokenAuth`` answers 503 with it.
+    """
+
+    description: ClassVar[str] = "the token issuer's keys cannot be fetched; retry shortly"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
 
 
 #: PyJWT's exception -> ours, most specific first.

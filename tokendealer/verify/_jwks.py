@@ -26,9 +26,20 @@ When the keys are refetched:
   background, revalidated with ``If-None-Match``.
 * Unknown kid: the caller waits for a refetch, but unknown kids start at most
   one per ``refetch_cooldown`` on top of the scheduled ones, so random kids
-  cannot make the verifier hammer the dealer (they get ``UnknownKey``).
+  cannot make the verifier hammer the dealer (they get ``UnknownKey``, or
+  ``KeysUnavailable`` while fetches fail).
 * Single flight: at most one fetch is in flight; concurrent callers, cold or
   not, share it.
+
+When a key cannot be had (``key_for``):
+
+* ``UnknownKey`` (an ``InvalidToken``): the JWKS was fetched fine (the last
+  fetch succeeded) and the kid is not in it. The token is wrong.
+* ``KeysUnavailable`` (not an ``InvalidToken``): there are no keys at all (no
+  fetch ever succeeded), or the kid is unknown and the last fetch failed
+  (whether this caller's refetch or, within the cooldown, the one before). The
+  token could not be checked; ``retry_after`` says when the next fetch may
+  start (``seconds_to_next_fetch``).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from typing import Any
@@ -44,7 +56,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import jwt
 
-from tokendealer.verify._errors import UnknownKey
+from tokendealer.verify._errors import KeysUnavailable, UnknownKey
 
 __all__ = ["KID", "JWKSCache", "max_age", "metadata_urls", "parse_jwks", "usable_jwk"]
 
@@ -209,6 +221,7 @@ class JWKSCache:
         self._etag: str | None = None
         self._next_refresh = 0.0  # monotonic; 0 = never fetched
         self._last_miss_fetch = -float("inf")
+        self._last_fetch_failed = False  # the latest fetch (scheduled or not) failed
         self._inflight: asyncio.Task[None] | None = None
 
     async def aclose(self) -> None:
@@ -231,7 +244,11 @@ class JWKSCache:
         return key
 
     async def key_for(self, kid: str) -> jwt.PyJWK:
-        """The key for ``kid``, refetching the JWKS when it is unknown (rate-limited)."""
+        """The key for ``kid``, refetching the JWKS when it is unknown (rate-limited).
+
+        Raises ``UnknownKey`` when the JWKS was fetched fine without it, and
+        ``KeysUnavailable`` when it could not be checked (see the module docstring).
+        """
         key = self.known(kid)
         if key is not None:
             return key
@@ -244,9 +261,21 @@ class JWKSCache:
             self._last_miss_fetch = now
             await asyncio.wait({self._start_refresh()})
         key = self.keys.get(kid)
-        if key is None:
-            raise UnknownKey(f"kid {kid!r} not in the JWKS")
-        return key
+        if key is not None:
+            return key
+        if not self.keys or self._last_fetch_failed:
+            why = "no keys from the issuer yet" if not self.keys else "the JWKS cannot be fetched"
+            raise KeysUnavailable(
+                f"kid {kid!r} unknown and {why}",
+                retry_after=math.ceil(self.seconds_to_next_fetch()),
+            )
+        raise UnknownKey(f"kid {kid!r} not in the JWKS")
+
+    def seconds_to_next_fetch(self) -> float:
+        """How long until a request may start a fetch again: the sooner of the scheduled
+        refresh and the end of the unknown-kid cooldown (0 when one may start now)."""
+        next_fetch = min(self._next_refresh, self._last_miss_fetch + self.refetch_cooldown)
+        return max(0.0, next_fetch - time.monotonic())
 
     # -- fetching ------------------------------------------------------------------------------
 
@@ -287,6 +316,7 @@ class JWKSCache:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # dealer down or garbage: last-known-good keeps serving
+            self._last_fetch_failed = True
             self._next_refresh = time.monotonic() + self.refetch_cooldown
             log.warning(
                 "JWKS: fetch failed (%s: %s); keeping %d cached keys",
@@ -295,6 +325,7 @@ class JWKSCache:
                 len(self.keys),
             )
             return
+        self._last_fetch_failed = False
         self._next_refresh = time.monotonic() + ttl
 
     def ttl(self, headers: httpx.Headers) -> float:

@@ -3,7 +3,9 @@
 ``TokenAuth`` reads ``Authorization: Bearer`` (RFC 6750 §2.1) into a
 ``TokenUser`` that verifies it on first ask; ``require_token`` guards a route,
 ``current_token`` holds its claims. Every refusal is rendered by
-``TokenAuth.challenge`` (RFC 6750 §3).
+``TokenAuth.challenge`` (RFC 6750 §3); a token that could not be checked
+because the issuer's keys cannot be fetched (``KeysUnavailable``) by
+``TokenAuth.unavailable`` (503 with ``Retry-After``).
 
 The hit path, a token the verifier has already checked: read the header,
 hash the token and look it up (``TokenVerifier._lookup``: one dict lookup
@@ -33,7 +35,7 @@ from quart import websocket as _websocket
 from werkzeug.exceptions import Forbidden
 from werkzeug.local import LocalProxy
 
-from tokendealer.verify._errors import InvalidToken
+from tokendealer.verify._errors import InvalidToken, KeysUnavailable
 from tokendealer.verify._verifier import TokenVerifier, _Verified
 
 __all__ = ["InsufficientScope", "TokenAuth", "TokenUser", "current_token", "require_token"]
@@ -64,7 +66,10 @@ class TokenUser(quart_auth.AuthUser):
 
     ``auth_id`` is the client id (``sub``) once verified; ``claims`` the
     verified claims (the request's own copy); ``scopes`` their ``scope`` as a
-    frozenset; ``error`` why verification failed.
+    frozenset; ``error`` why verification failed. When the token could not be
+    checked (``KeysUnavailable``), asking raises it, each time, for the app's
+    error handler (``TokenAuth`` renders it as 503): neither "authenticated"
+    nor "not authenticated" would be true.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class TokenUser(quart_auth.AuthUser):
         self._verifier = verifier
         self.claims: dict[str, Any] | None = None
         self.error: InvalidToken | None = None
+        self.unavailable: KeysUnavailable | None = None
         self._entry: _Verified | None = None
         self._checked = False
 
@@ -111,7 +117,12 @@ class TokenUser(quart_auth.AuthUser):
         return frozenset((self.claims or {}).get("scope", "").split())
 
     async def load_claims(self) -> dict[str, Any] | None:
-        """Verify the token once per request; None if absent or invalid."""
+        """Verify the token once per request; None if absent or invalid.
+
+        Raises ``KeysUnavailable`` when the token could not be checked.
+        """
+        if self.unavailable is not None:
+            raise self.unavailable
         if not self._checked and self.token is not None and self._verifier is not None:
             self._checked = True
             entry = self._verifier._lookup(self.token)  # a hit: no await, no parsing
@@ -122,6 +133,10 @@ class TokenUser(quart_auth.AuthUser):
                     self.error = exc
                     log.debug("rejected token: %s (%s)", type(exc).__name__, exc)
                     return None
+                except KeysUnavailable as exc:  # the fetch failure was logged once, not here
+                    self.unavailable = exc
+                    log.debug("token not checked: %s", exc)
+                    raise
             self._entry = entry
             self.claims = dict(entry.claims)  # the cache's own claims are never handed out
         return self.claims
@@ -160,7 +175,9 @@ class TokenAuth(quart_auth.QuartAuth):
     synchronously; here the user instead carries the raw token and verifies
     it (asynchronously) the first time a route asks, through
     ``login_required``, ``current_user.is_authenticated`` or
-    ``require_token``. Unauthenticated requests get RFC 6750 §3 answers.
+    ``require_token``. Unauthenticated requests get RFC 6750 §3 answers; a
+    token that could not be checked (``KeysUnavailable``) gets 503
+    (``unavailable``).
     The verifier's HTTP client is closed in ``after_serving``; with
     ``prefetch`` the JWKS is fetched in ``before_serving``.
     """
@@ -199,6 +216,7 @@ class TokenAuth(quart_auth.QuartAuth):
             app.after_websocket_funcs[None].remove(self.after_websocket)
         app.register_error_handler(InsufficientScope, self._forbidden)
         app.register_error_handler(_BearerUnauthorized, self._unauthorized)
+        app.register_error_handler(KeysUnavailable, self._unavailable)
         if self.singleton:  # quart-auth's login_required raises the plain one
             app.register_error_handler(quart_auth.Unauthorized, self._unauthorized)
         app.before_serving(self._before_serving)
@@ -251,6 +269,30 @@ class TokenAuth(quart_auth.QuartAuth):
         response.headers["Cache-Control"] = "no-store"
         return response
 
+    def unavailable(self, exc: KeysUnavailable) -> Response:
+        """503 for a token that could not be checked: the issuer's keys cannot be fetched.
+
+        RFC 6750 §3.1 has no error code for it, and none of its codes is true: the
+        token is not invalid, the request not malformed. So, as RFC 9110 §15.6.4
+        says for a temporary overload or outage: 503 with ``Retry-After`` (RFC 9110
+        §10.2.3, seconds until the verifier tries the issuer again), and a JSON body
+        shaped like the other answers, ``temporarily_unavailable`` as the dealer
+        itself says it (RFC 6749 §4.1.2.1). No ``WWW-Authenticate``: RFC 9110
+        §11.6.1 sends a challenge when other credentials might change the answer,
+        and here they would not; a client that read ``invalid_token`` would throw
+        away a good token and ask the recovering dealer for another, while a 503
+        tells it to retry the same request later. ``Cache-Control: no-store`` as
+        for every answer about a token.
+        """
+        body = {"error": "temporarily_unavailable", "error_description": exc.description}
+        response = Response(json.dumps(body), status=503, mimetype="application/json")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def _unavailable(self, exc: KeysUnavailable) -> Response:
+        return self.unavailable(exc)
+
     async def _unauthorized(self, _exc: Exception) -> Response:
         """No token: a bare challenge (§3.1 says no error code); a bad one: invalid_token."""
         user = self.load_user()
@@ -276,7 +318,9 @@ def require_token(
 
     ``@require_token("read")``, ``@require_token("read", "write")`` (both
     needed) or bare ``@require_token``. Answers 401 invalid_token / 403
-    insufficient_scope per RFC 6750 §3.1. Put it under the route decorator.
+    insufficient_scope per RFC 6750 §3.1, and 503 with ``Retry-After`` when the
+    token could not be checked (``KeysUnavailable``). Put it under the route
+    decorator.
     """
     if len(scopes) == 1 and callable(scopes[0]):
         return require_token()(scopes[0])

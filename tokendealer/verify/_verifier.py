@@ -67,6 +67,18 @@ def _allowed(algorithms: Iterable[str] | None) -> frozenset[str]:
     return chosen
 
 
+def _issuer(value: str) -> str:
+    """The issuer as the dealer spells it: trailing slashes stripped, as its config does.
+
+    ``iss`` is then compared exactly (RFC 8725 §3.8), so ``http://h:5000/`` in a
+    service's settings matches the dealer's ``http://h:5000``, and a token whose
+    ``iss`` has the slash (which the dealer never issues) is still refused.
+    """
+    if not isinstance(value, str) or not value.rstrip("/"):
+        raise ValueError("issuer is required")
+    return value.rstrip("/")
+
+
 def _require_canonical(token: str) -> None:
     """One spelling per token (RFC 7515 §2): see :mod:`tokendealer.verify._encoding`."""
     if (reason := non_canonical(token)) is not None:
@@ -147,8 +159,13 @@ class TokenVerifier:
     [``min_cache_ttl``, ``max_cache_ttl``] (``default_cache_ttl`` without one)
     and refreshed in the background once stale; an unknown ``kid`` refetches
     at most once per ``refetch_cooldown``; one fetch at a time, shared by
-    concurrent callers; a failed fetch keeps the last good keys. The details
-    are in ``tokendealer.verify._jwks``.
+    concurrent callers; a failed fetch keeps the last good keys. A token whose
+    key cannot be had because fetches fail (no keys yet, or an unknown ``kid``
+    while the JWKS cannot be fetched) raises ``KeysUnavailable``, not
+    ``InvalidToken``. The details are in ``tokendealer.verify._jwks``.
+
+    ``issuer`` is normalised as the dealer normalises its own (trailing slashes
+    stripped), then compared exactly with ``iss``.
 
     Verified-token cache (``cache_size`` entries, 0 disables): a token that
     passed is remembered under its SHA-256 (never the token itself) until
@@ -162,7 +179,7 @@ class TokenVerifier:
     """
 
     # Settings the JWKS cache uses too: they live there and are read and set here.
-    issuer = _OnJWKS(forgets=True)
+    issuer = _OnJWKS(forgets=True, check=_issuer)
     algorithms = _OnJWKS(forgets=True, check=_allowed)
     refetch_cooldown = _OnJWKS()
     min_cache_ttl = _OnJWKS()
@@ -194,7 +211,7 @@ class TokenVerifier:
             raise ValueError("issuer and audience are required")
         self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
         self._jwks = JWKSCache(
-            issuer,
+            _issuer(issuer),
             _allowed(algorithms),
             jwks_url,
             http_client=http_client,
@@ -258,11 +275,16 @@ class TokenVerifier:
     # -- verification ------------------------------------------------------
 
     async def verify(self, token: str | bytes) -> dict[str, Any]:
-        """The claims of a valid access token; raises ``InvalidToken`` otherwise."""
+        """The claims of a valid access token; raises ``InvalidToken`` otherwise.
+
+        Raises ``KeysUnavailable`` (not an ``InvalidToken``) when the token could
+        not be checked because the issuer's keys cannot be fetched.
+        """
         return dict((await self._check(token)).claims)
 
     async def _check(self, token: str | bytes) -> _Verified:
-        """The cache entry of a valid access token (found or made); raises ``InvalidToken``.
+        """The cache entry of a valid access token (found or made); raises ``InvalidToken``
+        (or ``KeysUnavailable``, when the key could not be had).
 
         Its ``claims`` are the cache's own: read them, copy them, never change them.
         """

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from tokendealer.store import registry, revocation_list  # noqa: F401  (their tables)
+from tokendealer.store import admin_events, registry, revocation_list  # noqa: F401  (tables)
 from tokendealer.store.schema import Base
 
 connection = context.config.attributes["connection"]
