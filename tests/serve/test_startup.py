@@ -374,7 +374,7 @@ def test_no_issuer_warning_behind_a_tls_proxy(dealer_factory, sqlite_url: str) -
 def test_the_issuer_warning_only_when_the_issuer_names_this_host(
     issuer: str, host: str, port: int, tls: bool, warns: bool
 ) -> None:
-    from tokendealer.serve.server import ServeOptions, TLSFiles, issuer_mismatch
+    from tokendealer.serve.startup import ServeOptions, TLSFiles, issuer_mismatch
 
     files = TLSFiles(Path("tls.crt"), Path("tls.key")) if tls else None
     warning = issuer_mismatch(issuer, ServeOptions(host, port, 1, files), port)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import os
 import socket
 import ssl
@@ -35,7 +34,7 @@ from tokendealer.cli.shared import database_errors, emit, keystore
 from tokendealer.config import ConfigError, Settings, redact
 
 if TYPE_CHECKING:  # serve's modules load hypercorn: not for check --live, run every 10 s
-    from tokendealer.serve.server import ServeOptions
+    from tokendealer.serve.startup import ServeOptions
 
 LIVE_TIMEOUT = 2.0  # seconds: within Docker's HEALTHCHECK --timeout (3 s)
 PING_TIMEOUT = 2.0  # seconds the rate-limit storage gets to answer PING
@@ -79,7 +78,7 @@ def setup_checks(environ: Mapping[str, str]) -> list[Check]:
         options = _serve_options(settings)
     except ConfigError as exc:
         return [Check("settings", False, str(exc))]
-    from tokendealer.serve.server import unknown_variables
+    from tokendealer.serve.startup import unknown_variables
 
     unknown = unknown_variables(environ)
     results = [Check("settings", True, _warning("; ".join(unknown)) if unknown else "")]
@@ -99,13 +98,13 @@ def _warning(text: str) -> str:
 
 
 def _serve_options(settings: Settings) -> ServeOptions:
-    from tokendealer.serve.server import serve_options
+    from tokendealer.serve.startup import serve_options
 
     return serve_options(settings)  # ConfigError: a certificate without its key, or the reverse
 
 
 def tls_check(options: ServeOptions) -> Check:
-    from tokendealer.serve.server import check_tls
+    from tokendealer.serve.startup import check_tls
     from tokendealer.serve.supervisor import StartupError
 
     tls = options.tls
@@ -257,14 +256,14 @@ def issuer_check(settings: Settings, options: ServeOptions) -> Check:
     balancer in front, on whatever port it likes. Warnings, not failures: a
     published container port (``-p 8080:5000``) makes another port right.
     """
-    from tokendealer.serve.server import issuer_mismatch
+    from tokendealer.serve.startup import is_loopback, issuer_mismatch
 
     issuer = settings.issuer
     mismatch = issuer_mismatch(issuer, options, options.port)
     if mismatch:
         return Check("issuer", True, _warning(mismatch))
     host = (urlsplit(issuer).hostname or "").lower()
-    if _is_loopback(host) and options.host in ("0.0.0.0", "::", ""):  # noqa: S104
+    if is_loopback(host) and options.host in ("0.0.0.0", "::", ""):  # noqa: S104
         return Check(
             "issuer",
             True,
@@ -274,18 +273,9 @@ def issuer_check(settings: Settings, options: ServeOptions) -> Check:
                 "TOKENDEALER_ISSUER to the dealer's public URL"
             ),
         )
-    if _is_loopback(host):
+    if is_loopback(host):
         return Check("issuer", True, f"{issuer}, where the dealer listens")
     return Check("issuer", True, f"{issuer}, a public URL in front of {options.url()}")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- the running dealer --------------------------------------------------------------------------

@@ -46,14 +46,11 @@ def serve(
     keyfile: str | None,
 ) -> None:
     """Serve the dealer with hypercorn."""
-    from tokendealer.serve.server import (
+    from tokendealer.serve.server import prepare_database, prepare_keys, run_server, server_config
+    from tokendealer.serve.startup import (
         bound_port,
         check_tls,
-        prepare_database,
-        prepare_keys,
-        run_server,
         serve_options,
-        server_config,
         startup_summary,
         startup_warnings,
     )
