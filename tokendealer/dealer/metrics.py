@@ -122,12 +122,6 @@ SHED = Counter(
     "Requests answered 503 at once because the worker was at TOKENDEALER_MAX_INFLIGHT.",
     registry=REGISTRY,
 )
-UNFINISHED_BODIES = Gauge(
-    "tokendealer_unfinished_bodies",
-    "Requests still sending their body (not yet in flight), summed over live workers.",
-    multiprocess_mode="livesum",
-    registry=REGISTRY,
-)
 UNFINISHED_REFUSED = Counter(
     "tokendealer_unfinished_bodies_refused",
     "Requests answered 429 at once: their address had TOKENDEALER_MAX_UNFINISHED_BODIES.",

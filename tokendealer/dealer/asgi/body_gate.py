@@ -46,61 +46,63 @@ TOO_MANY_UNFINISHED = OAuthError(
 )
 
 
-def announces_body(scope: MutableMapping[str, Any]) -> bool:
-    """Does the head announce a body (RFC 9112 §6.3)? One pass over the header list."""
+BODY = "tokendealer.body"  # the scope key under which the whole body goes on
+
+
+def body_head(scope: MutableMapping[str, Any]) -> tuple[bool, int | None, list[str]]:
+    """One pass over the headers: does the request announce a body (RFC 9112 §6.3), its
+    ``Content-Length``, and its ``X-Forwarded-For`` values."""
+    announced, length, forwarded = False, None, []
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return value.strip() not in (b"0", b"")
-        if name == b"transfer-encoding":
-            return True
-    return False
-
-
-def forwarded_for(scope: MutableMapping[str, Any]) -> list[str]:
-    headers = scope["headers"]
-    return [value.decode("latin-1") for name, value in headers if name == b"x-forwarded-for"]
+            length = int(value)  # the server already refused a malformed one
+            announced = length > 0
+        elif name == b"transfer-encoding":
+            announced = True
+        elif name == b"x-forwarded-for":
+            forwarded.append(value.decode("latin-1"))
+    return announced, length, forwarded
 
 
 def gate_bodies(app: ASGIApp, max_unfinished: int, proxies: tuple[Network, ...]) -> ASGIApp:
-    """Wrap an ASGI app: bodies arrive whole before ``app`` sees the request."""
+    """Wrap an ASGI app: bodies arrive whole before ``app`` sees the request.
+
+    The body goes on in ``scope[BODY]`` (the token endpoint reads it from there)
+    and through a ``receive`` that replays it (for Quart).
+    """
     unfinished: dict[str, int] = {}  # per limit_key(source address), in this worker
-    gauge = metrics.UNFINISHED_BODIES
 
     async def gated(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not announces_body(scope):
+        if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        bucket = limit_key(source_address(scope, forwarded_for(scope), proxies))
+        announced, length, forwarded = body_head(scope)
+        if not announced:
+            await app(scope, receive, send)
+            return
+        bucket = limit_key(source_address(scope, forwarded, proxies))
         waiting = unfinished.get(bucket, 0)
         if waiting >= max_unfinished:
             metrics.UNFINISHED_REFUSED.inc()
             await send_asgi(send, TOO_MANY_UNFINISHED)
             return
         unfinished[bucket] = waiting + 1
-        gauge.inc()
         try:
-            body = await read_body(receive, _content_length(scope), MAX_BODY_BYTES, BODY_TIMEOUT)
+            body = await read_body(receive, length, MAX_BODY_BYTES, BODY_TIMEOUT)
         except OAuthError as exc:
             await send_asgi(send, exc)
             return
         finally:
-            gauge.dec()
             if (left := unfinished[bucket] - 1) > 0:
                 unfinished[bucket] = left
             else:
                 del unfinished[bucket]
         if body is None:  # the client went away before its body was complete
             return
+        scope[BODY] = body
         await app(scope, _replay(body, receive), send)
 
     return gated
-
-
-def _content_length(scope: MutableMapping[str, Any]) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value)  # the server already refused a malformed one
-    return None
 
 
 def _replay(body: bytes, receive: Any) -> Any:
