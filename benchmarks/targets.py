@@ -227,41 +227,20 @@ def _start_dealer(alg: str, home: Path, cpu: int | None, workers: int, name: str
         TOKENDEALER_SIGNING_ALG=alg,
         TOKENDEALER_TOKEN_TTL="3600",
     )
-    initialised = subprocess.run(  # only init and serve create the database and the keys
-        [sys.executable, "-m", "tokendealer", "init"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    run_cli(name, env, "init")  # only init and serve create the database and the keys
+    created = run_cli(
+        name,
+        env,
+        "clients",
+        "create",
+        "--name",
+        "bench",
+        "--scope",
+        SCOPE,
+        "--audience",
+        AUDIENCE,
+        "--json",
     )
-    if initialised.returncode != 0:
-        raise BenchError(f"{name}: init failed: {initialised.stderr.strip()}")
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tokendealer",
-            "clients",
-            "create",
-            "--name",
-            "bench",
-            "--scope",
-            SCOPE,
-            "--audience",
-            AUDIENCE,
-            "--json",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if created.returncode != 0:
-        raise BenchError(f"{name}: clients create failed: {created.stderr.strip()}")
     client = json.loads(created.stdout)
     command = [
         sys.executable,
@@ -396,3 +375,19 @@ def check_service(service: Server, dealer: Server, token: str, protected: bool) 
         answer = httpx.get(url, headers=headers, timeout=10)
         if answer.status_code != 401:
             raise BenchError(f"{service.name}: {what} -> {answer.status_code}, want 401")
+
+
+def run_cli(name: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``tokendealer ARGS`` for the target ``name``; a failure is a :class:`BenchError`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tokendealer", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BenchError(f"{name}: {args[0]} failed: {result.stderr.strip()}")
+    return result
