@@ -13,7 +13,7 @@ UV_VERSION := 0.13.9
 LOCK_COMMAND := uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --quiet -o $(LOCK)
 
-.PHONY: run test lint format clean bench bench-smoke bench-scaleout lock
+.PHONY: run test lint format clean bench bench-smoke bench-scaleout bench-keypoll lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench: $(VENV)/.installed-test
 # Tokens/s of the RS256 dealer with 1 and with 2 workers, unpinned (issue 8 item 4).
 bench-scaleout: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.scaleout $(BENCH_ARGS)
+
+# The database key store's polling (needs PostgreSQL: TOKENDEALER_TEST_DATABASE_URL).
+bench-keypoll: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.key_polling $(BENCH_ARGS)
 
 # The same benchmark with tiny durations (< 2 min, part of make test): fails when a target
 # errors, answers anything but 2xx, or a token does not verify; timings never fail it.

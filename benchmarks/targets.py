@@ -211,12 +211,19 @@ def _retried(start: Callable[[Path], Server], workdir: Path, name: str) -> Serve
     raise AssertionError("unreachable")
 
 
-def start_dealer(alg: str, workdir: Path, cpu: int | None, workers: int = 1) -> Server:
+def start_dealer(
+    alg: str, workdir: Path, cpu: int | None, workers: int = 1, **extra_env: str
+) -> Server:
+    """``extra_env``: settings over the defaults below (another database, the key store)."""
     name = f"dealer-{alg}" if workers == 1 else f"dealer-{alg}-{workers}w"
-    return _retried(lambda home: _start_dealer(alg, home, cpu, workers, name), workdir, name)
+    return _retried(
+        lambda home: _start_dealer(alg, home, cpu, workers, name, extra_env), workdir, name
+    )
 
 
-def _start_dealer(alg: str, home: Path, cpu: int | None, workers: int, name: str) -> Server:
+def _start_dealer(
+    alg: str, home: Path, cpu: int | None, workers: int, name: str, extra_env: dict[str, str]
+) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = base_env()
@@ -227,6 +234,7 @@ def _start_dealer(alg: str, home: Path, cpu: int | None, workers: int, name: str
         TOKENDEALER_SIGNING_ALG=alg,
         TOKENDEALER_TOKEN_TTL="3600",
     )
+    env.update(extra_env)
     run_cli(name, env, "init")  # only init and serve create the database and the keys
     created = run_cli(
         name,

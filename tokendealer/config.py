@@ -83,6 +83,10 @@ class Settings:
     key_passphrase_previous: str | None = field(default=None, repr=False)
     keys_reload_interval: float = 2.0
     jwks_max_age: int = 300
+    # Where the key set lives: "file" (TOKENDEALER_KEYS_DIR) or "database" (sealed rows).
+    key_store: str = "file"
+    # Seconds the current key signs before the dealer rotates by itself (None: never).
+    rotate_every: int | None = None
     db_timeout: float = 5.0
     rate_limit_url: str = field(default="memory://", repr=False)  # may hold a password
     # Failed client authentications allowed per window (``limits`` notation), per
@@ -162,6 +166,15 @@ class Settings:
             ),
             jwks_max_age=get(
                 "JWKS_MAX_AGE", _int_between(0, 86400), defaults.jwks_max_age, "seconds, 0 to 86400"
+            ),
+            key_store=get(
+                "KEY_STORE", _one_of("file", "database"), defaults.key_store, "file or database"
+            ),
+            rotate_every=get(
+                "ROTATE_EVERY",
+                _optional(duration_seconds),
+                defaults.rotate_every,
+                "a duration such as 7d, 12h, 30m, 90s or seconds (unset: no scheduled rotation)",
             ),
             db_timeout=get(
                 "DB_TIMEOUT", _float_between(0.1, 300), defaults.db_timeout, "seconds, 0.1 to 300"
@@ -256,6 +269,11 @@ def duration_seconds(raw: str) -> int:
 
 _DURATION = re.compile(r"(\d{1,9})\s*([smhd]?)")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    """An empty value means unset."""
+    return lambda raw: parse(raw) if raw else None
 
 
 def _host(raw: str) -> str:

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import DealerServer
 from tokendealer.keys.file_store import KeyStore
 from tokendealer.keys.ring import KeyRing
+from tokendealer.keys.store import FileKeyStorage
 
 FAST_RELOAD = {"TOKENDEALER_KEYS_RELOAD_INTERVAL": "0.1"}
 MARKER = "not-a-time-7f3a9c"  # a value that must never leave the file
@@ -167,7 +168,7 @@ def test_a_damaged_key_file_is_stale_without_detail_and_logged_once(
     assert jwt.get_unverified_header(get_token(dealer, client))["kid"] == signing
 
 
-def test_a_damaged_file_before_any_good_one_is_not_loaded_and_says_no_more(
+async def test_a_damaged_file_before_any_good_one_is_not_loaded_and_says_no_more(
     tmp_path: Path,
 ) -> None:
     """The ring's first read fails: ``not loaded``, the reason only in its error (the log)."""
@@ -176,9 +177,9 @@ def test_a_damaged_file_before_any_good_one_is_not_loaded_and_says_no_more(
     store = KeyStore(tmp_path / "keys")
     store.ensure("ES256")
     created_at_garbage(store.path)
-    ring = KeyRing(store, interval=0.1)
+    ring = KeyRing(FileKeyStorage(store), interval=0.1)
 
-    assert ring.refresh() is False
+    assert await ring.refresh() is False
     assert not ring.loaded and ring.stale
     assert keys_check(ring) == "not loaded"
     assert ring.error is not None and "created_at" in ring.error and MARKER not in ring.error

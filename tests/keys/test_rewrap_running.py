@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from tests.conftest import TOKENDEALER, DealerServer
 from tokendealer.keys.file_store import KeyStore
 from tokendealer.keys.ring import KeyRing
+from tokendealer.keys.store import FileKeyStorage
 
 FAST_RELOAD = {"TOKENDEALER_KEYS_RELOAD_INTERVAL": "0.1"}
 
@@ -108,12 +109,14 @@ def test_a_plaintext_file_is_refused_and_the_rewrapped_one_taken_without_a_kid_c
     assert "Traceback" not in dealer.log() and "s3cret" not in dealer.log()
 
 
-def test_a_key_ring_with_the_previous_passphrase_follows_a_rewrap(tmp_path: Path) -> None:
+async def test_a_key_ring_with_the_previous_passphrase_follows_a_rewrap(tmp_path: Path) -> None:
     """What a dealer's worker holds, through a passphrase change done by the real CLI."""
     keys_dir = tmp_path / "keys"
     KeyStore(keys_dir, passphrase="old").ensure("RS256")
-    ring = KeyRing(KeyStore(keys_dir, passphrase="new", previous_passphrase="old"), interval=0.1)
-    assert ring.refresh() and not ring.stale
+    ring = KeyRing(
+        FileKeyStorage(KeyStore(keys_dir, passphrase="new", previous_passphrase="old")), 0.1
+    )
+    assert await ring.refresh() and not ring.stale
     kids = [key.kid for key in ring.keyset.keys]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
@@ -128,7 +131,7 @@ def test_a_key_ring_with_the_previous_passphrase_follows_a_rewrap(tmp_path: Path
     assert rewrap.returncode == 0, rewrap.stderr
     assert json.loads(rewrap.stdout)["rewrapped"] == 2
 
-    assert ring.refresh() is True and not ring.stale  # a new file, taken
+    assert await ring.refresh() is True and not ring.stale  # a new file, taken
     assert [key.kid for key in ring.keyset.keys] == kids
     assert [key.kid for key in KeyStore(keys_dir, passphrase="new").load().keys] == kids
 

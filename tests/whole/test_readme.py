@@ -82,3 +82,38 @@ def test_postgresql_set_up_works_pasted_as_written(tmp_path: Path) -> None:
     assert f"database: ok ({where}, schema " in result.stdout, result.stdout
     assert "key store: ok (" in result.stdout, result.stdout
     assert "change-me" not in result.stdout + result.stderr
+
+
+def test_fleet_recipe_works_pasted_as_written(tmp_path: Path, pg_url: str) -> None:
+    """The database key store as the README sets it up: init, then a single host's key set
+    imported over it, listed and checked; on CI's PostgreSQL."""
+    if shutil.which("psql") is None:
+        pytest.skip("the README's PostgreSQL steps need psql")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENDEALER_")}
+    old_host = tmp_path / "old-host"
+    single = dict(env, TOKENDEALER_KEYS_DIR=str(old_host / "keys"))
+    single["TOKENDEALER_DATABASE_URL"] = f"sqlite+aiosqlite:///{old_host / 'td.db'}"
+    old_host.mkdir()
+    run_block("tokendealer init && tokendealer keys rotate", old_host, single)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse battery staple\n")
+    script = replaced(
+        readme_block("A fleet: keys in the database"),
+        {
+            "postgresql+asyncpg://tokendealer:change-me@db.internal:5432/tokendealer": pg_url,
+            "/run/secrets/tokendealer-key-passphrase": str(passphrase),
+            "/srv/tokendealer/keys": str(old_host / "keys"),
+        },
+    )
+    workdir = tmp_path / "fleet"
+    workdir.mkdir()
+    result = run_block(script, workdir, env)
+    assert "key set: created in the database (TOKENDEALER_KEY_STORE=database)" in result.stdout
+    assert "imported 3 keys from" in result.stdout
+    assert "key store: ok (the database" in result.stdout, result.stdout
+    listed = run_block("tokendealer keys list --json", old_host, single).stdout
+    for line in listed.splitlines():
+        if '"kid"' in line:
+            assert line.split('"')[3] in result.stdout  # every kid of the old host
+    assert not (workdir / "keys").exists()  # nothing on disk: the keys are in the database
+    assert "correct horse" not in result.stdout + result.stderr

@@ -30,10 +30,11 @@ from urllib.parse import urlsplit
 
 import click
 
-from tokendealer.cli.shared import database_errors, emit, keystore
+from tokendealer.cli.shared import database_errors, emit
 from tokendealer.config import ConfigError, Settings, redact
 
 if TYPE_CHECKING:  # serve's modules load hypercorn: not for check --live, run every 10 s
+    from tokendealer.keys.keyset import KeySet
     from tokendealer.serve.startup import ServeOptions
 
 LIVE_TIMEOUT = 2.0  # seconds: within Docker's HEALTHCHECK --timeout (3 s)
@@ -84,9 +85,10 @@ def setup_checks(environ: Mapping[str, str]) -> list[Check]:
     results = [Check("settings", True, _warning("; ".join(unknown)) if unknown else "")]
     if options.tls is not None:
         results.append(tls_check(options))
+    database = database_check(settings)
     results += [
-        database_check(settings),
-        key_store_check(settings),
+        database,
+        key_store_check(settings, database.ok),
         rate_limit_check(settings.rate_limit_url),
         issuer_check(settings, options),
     ]
@@ -164,25 +166,50 @@ def database_check(settings: Settings) -> Check:
     return Check("database", True, f"{where(url)}, schema {head}")
 
 
-def key_store_check(settings: Settings) -> Check:
+def key_store_check(settings: Settings, database_ok: bool = True) -> Check:
     """Readable (without its lock), decryptable, with a current and a next key."""
+    from tokendealer.keys.file_store import KeyStore
     from tokendealer.keys.keyset import KeySetError
 
-    store = keystore(settings)
     try:
-        keyset = store.load()
+        if settings.key_store == "database":
+            if not database_ok:
+                return Check("key store", False, "in the database, which failed its check")
+            keyset, where = _database_key_set(settings)
+        else:
+            store = KeyStore.from_settings(settings)
+            keyset, where = store.load(), str(store.path.absolute())
     except KeySetError as exc:
         return Check("key store", False, str(exc))
+    except database_errors() as exc:
+        return Check("key store", False, f"cannot read it: {type(exc).__name__}")
     retired = len(keyset.retired)
     detail = (
-        f"{store.path.absolute()}: current {keyset.current.alg} key {keyset.current.kid}, "
+        f"{where}: current {keyset.current.alg} key {keyset.current.kid}, "
         f"next {keyset.next.kid}, {retired} retired"
     )
-    if not os.access(store.directory, os.W_OK):
+    if settings.key_store == "file" and not os.access(settings.keys_dir, os.W_OK):
         detail += "; " + _warning(
-            f"{store.directory.absolute()}/ is read-only here: serving works, rotating does not"
+            f"{settings.keys_dir.absolute()}/ is read-only here: serving works, rotating does not"
         )
     return Check("key store", True, detail)
+
+
+def _database_key_set(settings: Settings) -> tuple[KeySet, str]:
+    """The database store's set, read only (the passphrase is checked first)."""
+    from tokendealer.keys.store import open_key_storage
+    from tokendealer.store.database import create_engine
+
+    async def load() -> tuple[KeySet, str]:
+        engine = create_engine(settings.database_url, settings.db_timeout)
+        try:
+            store = open_key_storage(settings, engine)
+            async with asyncio.timeout(settings.db_timeout * 3):
+                return await store.load(), store.where
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(load())
 
 
 def rate_limit_check(url: str) -> Check:

@@ -9,34 +9,55 @@ second still shows what the first did.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from tokendealer.cli.shared import emit, fail, keystore, load_settings, with_engine
-from tokendealer.keys.keyset import KeySetError
+from tokendealer.cli.shared import (
+    emit,
+    load_settings,
+    require_key_store_settings,
+    run_keys,
+    with_engine,
+)
+from tokendealer.config import Settings
+
+if TYPE_CHECKING:
+    from tokendealer.keys.store import KeyStorage
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def init(as_json: bool) -> None:
     """Create the key set and the database schema (idempotent)."""
-    from tokendealer.store.database import create_or_upgrade, head_revision, where
 
     settings = load_settings()
-    store = keystore(settings)
-    try:
-        _, created = store.ensure(settings.signing_alg)
-    except KeySetError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot create the key set in {store.directory.absolute()}/: {exc.strerror or exc}")
-    keys: dict[str, Any] = {
-        "outcome": "created" if created else "already there",
-        "where": str(store.path.absolute()),
-    }
+    # The database key store lives in the schema: the database comes first there.
+    on_database = settings.key_store == "database"
+    if on_database:
+        require_key_store_settings(settings)  # the passphrase, before anything is created
+        database = _database(settings, as_json)
+    keys = _key_set(settings, as_json)
+    if not on_database:
+        database = _database(settings, as_json)
+    if as_json:
+        emit({"keys": keys, "database": database}, as_json, [])
+
+
+def _key_set(settings: Settings, as_json: bool) -> dict[str, Any]:
+    async def ensure(store: KeyStorage) -> tuple[bool, str]:
+        _, created = await store.ensure(settings.signing_alg)
+        return created, store.where
+
+    created, where = run_keys(settings, ensure)
+    keys: dict[str, Any] = {"outcome": "created" if created else "already there", "where": where}
     if not as_json:
         click.echo(f"key set: {keys['outcome']} in {keys['where']}")
+    return keys
+
+
+def _database(settings: Settings, as_json: bool) -> dict[str, Any]:
+    from tokendealer.store.database import create_or_upgrade, head_revision, where
 
     outcome = with_engine(settings, create_or_upgrade)
     database: dict[str, Any] = {
@@ -44,5 +65,6 @@ def init(as_json: bool) -> None:
         "where": where(settings.database_url),
         "schema": head_revision(),
     }
-    line = f"database: {outcome} in {database['where']} (schema {database['schema']})"
-    emit({"keys": keys, "database": database}, as_json, [line])
+    if not as_json:
+        click.echo(f"database: {outcome} in {database['where']} (schema {database['schema']})")
+    return database

@@ -1,29 +1,29 @@
-"""``tokendealer keys ...``: the key set: list, rotate, prune, revoke, rewrap.
+"""``tokendealer keys ...``: the key set: list, rotate, prune, revoke, rewrap, import.
 
-None of them creates a key set (``tokendealer init`` and ``serve`` do): without
-one they fail in one line naming the directory. ``list`` only reads, so it works
-on a read-only key directory; the others write and say so when they cannot.
+Each works on the configured store (``TOKENDEALER_KEY_STORE``: the key
+directory, or the database). None of them creates a key set (``tokendealer
+init`` and ``serve`` do): without one they fail in one line naming where they
+looked. ``list`` only reads, so it works on a read-only key directory; the
+others write and say so when they cannot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tokendealer.cli.audit import record_key_event
-from tokendealer.cli.shared import (
-    PRUNE_LEEWAY_SECONDS,
-    T,
-    emit,
-    fail,
-    keystore,
-    load_settings,
-)
+from tokendealer.cli.shared import emit, fail, load_settings, run_keys
 from tokendealer.config import SIGNING_ALGORITHMS
-from tokendealer.keys.keyset import KeySetError
+from tokendealer.keys.keyset import KeySet
+from tokendealer.keys.schedule import PRUNE_LEEWAY_SECONDS, retired_key_lifetime
+
+if TYPE_CHECKING:
+    from tokendealer.keys.store import KeyStorage
 
 
 @click.group()
@@ -42,23 +42,12 @@ def key_lines(facts: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _guard(action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except KeySetError as exc:
-        fail(str(exc))
-    except OSError as exc:  # a full disk, a read-only key dir: the write is all or nothing
-        where = f" ({exc.filename})" if exc.filename else ""
-        fail(f"cannot read or write the key set: {exc.strerror or exc}{where}")
-
-
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(as_json: bool) -> None:
     """The published keys and their states (public facts only)."""
     settings = load_settings()
-    store = keystore(settings)
-    keyset = _guard(store.load)
+    keyset = run_keys(settings, lambda store: store.load())
     facts = [key.facts() for key in keyset.keys]
     emit(facts, as_json, key_lines(facts))
 
@@ -69,8 +58,9 @@ def keys_list(as_json: bool) -> None:
 def keys_rotate(alg: str | None, as_json: bool) -> None:
     """next -> current (signs now), current -> retired (still published), new next."""
     settings = load_settings()
-    store = keystore(settings)
-    before, after = _guard(lambda: store.rotate(alg or settings.signing_alg))
+    rotated = run_keys(settings, lambda store: store.rotate(alg or settings.signing_alg))
+    assert rotated is not None  # unconditional: always rotates (or fails)
+    before, after = rotated
     published_for = (datetime.now(UTC) - before.next.created_at).total_seconds()
     needed = settings.jwks_max_age + settings.keys_reload_interval
     if published_for < needed:
@@ -106,10 +96,8 @@ def keys_rotate(alg: str | None, as_json: bool) -> None:
 def keys_prune(leeway: int, as_json: bool) -> None:
     """Drop retired keys whose tokens can no longer be valid."""
     settings = load_settings()
-    store = keystore(settings)
-    # A worker may sign with a just-retired key until it reloads: add the interval.
-    lifetime = settings.token_ttl + settings.keys_reload_interval + leeway
-    removed = _guard(lambda: store.prune(lifetime))
+    lifetime = retired_key_lifetime(settings, leeway)
+    removed = run_keys(settings, lambda store: store.prune(lifetime))
     facts = [key.facts() for key in removed]
     emit(
         facts,
@@ -130,19 +118,53 @@ def keys_rewrap(as_json: bool) -> None:
     passphrase; keys already under it stay as they are. The kids do not change.
     """
     settings = load_settings()
-    store = keystore(settings)
-    moved, keyset = _guard(store.rewrap)
-    total = len(keyset.keys)
+
+    async def rewrap(store: KeyStorage) -> tuple[int, int, str]:
+        moved, keyset = await store.rewrap()
+        return moved, len(keyset.keys), store.where
+
+    moved, total, where = run_keys(settings, rewrap)
     line = (
-        f"rewrapped {moved} of {total} private keys in {store.path}: "
+        f"rewrapped {moved} of {total} private keys in {where}: "
         "all are now encrypted under TOKENDEALER_KEY_PASSPHRASE"
         if moved
-        else f"rewrapped 0 private keys: all {total} in {store.path} are already encrypted "
+        else f"rewrapped 0 private keys: all {total} in {where} are already encrypted "
         "under TOKENDEALER_KEY_PASSPHRASE"
     )
-    emit({"rewrapped": moved, "keys": total, "path": str(store.path)}, as_json, [line])
+    emit({"rewrapped": moved, "keys": total, "path": where}, as_json, [line])
     if moved:
-        record_key_event(settings, "keys.rewrap", "keyset", str(store.path))
+        record_key_event(settings, "keys.rewrap", "keyset", where)
+
+
+@keys.command("import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace the key set the store holds already.")
+@click.option("--json", "as_json", is_flag=True)
+def keys_import(directory: Path, replace: bool, as_json: bool) -> None:
+    """Copy a file key set (DIRECTORY/keyset.json) into the configured store.
+
+    Kids, states and timestamps stay; the private keys are read with
+    TOKENDEALER_KEY_PASSPHRASE or its previous one (or unencrypted) and stored
+    the way the configured store keeps them. DIRECTORY is never written.
+    """
+    from tokendealer.keys.store import read_key_directory
+
+    settings = load_settings()
+    if settings.key_store == "file" and directory.resolve() == settings.keys_dir.resolve():
+        fail(f"{directory} is TOKENDEALER_KEYS_DIR itself: nothing to import")
+
+    async def import_keys(store: KeyStorage) -> tuple[KeySet, str]:
+        keyset = await asyncio.to_thread(read_key_directory, directory, settings)
+        return await store.import_keys(keyset, replace), store.where
+
+    keyset, where = run_keys(settings, import_keys)
+    facts = [key.facts() for key in keyset.keys]
+    emit(
+        {"imported": len(facts), "into": where, "keys": facts},
+        as_json,
+        [f"imported {len(facts)} keys from {directory} into {where}", *key_lines(facts)],
+    )
+    record_key_event(settings, "keys.import", "keyset", str(directory.absolute()))
 
 
 class KidArgumentCommand(click.Command):
@@ -162,8 +184,7 @@ class KidArgumentCommand(click.Command):
 def keys_revoke(kid: str, as_json: bool) -> None:
     """Unpublish a leaked key at once; it never signs again."""
     settings = load_settings()
-    store = keystore(settings)
-    revoked, after = _guard(lambda: store.revoke(kid, settings.signing_alg))
+    revoked, after = run_keys(settings, lambda store: store.revoke(kid, settings.signing_alg))
     facts = [key.facts() for key in after.keys]
     emit(
         {"revoked": revoked.facts(), "keys": facts},

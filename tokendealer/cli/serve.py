@@ -13,11 +13,8 @@ import sys
 
 import click
 
-from tokendealer.cli.shared import (
-    fail,
-    load_settings,
-)
-from tokendealer.config import ConfigError
+from tokendealer.cli.shared import fail, load_settings, require_key_store_settings
+from tokendealer.config import ConfigError, Settings
 from tokendealer.keys.keyset import KeySetError
 from tokendealer.store.database import describe_database_error
 
@@ -46,7 +43,7 @@ def serve(
     keyfile: str | None,
 ) -> None:
     """Serve the dealer with hypercorn."""
-    from tokendealer.serve.server import prepare_database, prepare_keys, run_server, server_config
+    from tokendealer.serve.server import prepare_keys, run_server, server_config
     from tokendealer.serve.startup import (
         bound_port,
         check_tls,
@@ -72,13 +69,26 @@ def serve(
     listening_port = bound_port(sockets)
     for warning in startup_warnings(settings, options, listening_port, os.environ):
         log.warning(warning)
+    require_key_store_settings(settings)
+    on_database = settings.key_store == "database"  # then the schema holds the key set
+    if on_database:
+        _prepare_database(settings)
     try:
         keyset = prepare_keys(settings)
     except (KeySetError, OSError) as exc:
         fail(f"cannot load the key set: {exc}")
+    except Exception as exc:  # the database store's database: one line naming the cause
+        fail(describe_database_error(exc, settings.database_url, settings.db_timeout))
+    if not on_database:
+        _prepare_database(settings)
+    log.info(startup_summary(settings, keyset, options, listening_port))
+    sys.exit(run_server(settings, config, sockets))
+
+
+def _prepare_database(settings: Settings) -> None:
+    from tokendealer.serve.server import prepare_database
+
     try:
         prepare_database(settings)
     except Exception as exc:  # one line naming the cause, never the URL's password
         fail(describe_database_error(exc, settings.database_url, settings.db_timeout))
-    log.info(startup_summary(settings, keyset, options, listening_port))
-    sys.exit(run_server(settings, config, sockets))

@@ -5,7 +5,7 @@ database, broken key set) ends in one line on stderr and a non-zero status,
 never a traceback.
 
 Only ``init`` and ``serve`` create a database schema or a key set. Every other
-command opens what is there (:func:`run_db`, :func:`keystore`) and, finding
+command opens what is there (:func:`run_db`, :func:`run_keys`) and, finding
 nothing, fails in one line naming where it looked and the setting behind it.
 """
 
@@ -16,17 +16,17 @@ import json
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from tokendealer.config import ConfigError, Settings
-from tokendealer.keys.file_store import KeyStore
+from tokendealer.keys.keyset import KeySetError
+
+if TYPE_CHECKING:
+    from tokendealer.keys.store import KeyStorage
 
 T = TypeVar("T")
-# Retired keys stay published this long past the token lifetime, for clock skew
-# between hosts (the verifier's default leeway is 30 s) and JWKS caching.
-PRUNE_LEEWAY_SECONDS = 60
 
 
 def fail(message: str, status: int = 1) -> NoReturn:
@@ -49,8 +49,41 @@ def emit(data: Any, as_json: bool, lines: Iterable[str]) -> None:
             click.echo(line)
 
 
-def keystore(settings: Settings) -> KeyStore:
-    return KeyStore.from_settings(settings)
+def require_key_store_settings(settings: Settings) -> None:
+    """One line and exit when the key store cannot work as set (no passphrase, say)."""
+    from tokendealer.keys.store import check_key_store_settings
+
+    try:
+        check_key_store_settings(settings)
+    except KeySetError as exc:
+        fail(str(exc))
+
+
+def run_keys(settings: Settings, action: Callable[[KeyStorage], Awaitable[T]]) -> T:
+    """``action(store)`` on the configured key store (``TOKENDEALER_KEY_STORE``).
+
+    The database store opens the existing database (never creates one, like
+    :func:`run_db`); every failure is one line.
+    """
+    from tokendealer.keys.store import open_key_storage
+
+    require_key_store_settings(settings)
+    try:
+        if settings.key_store != "database":
+            return asyncio.run(action(open_key_storage(settings)))
+
+        async def on_database(engine: Any) -> T:
+            from tokendealer.store.database import upgrade_existing
+
+            await upgrade_existing(engine)
+            return await action(open_key_storage(settings, engine))
+
+        return with_engine(settings, on_database)
+    except KeySetError as exc:
+        fail(str(exc))
+    except OSError as exc:  # a full disk, a read-only key dir: the write is all or nothing
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"cannot read or write the key set: {exc.strerror or exc}{where}")
 
 
 def database_errors() -> tuple[type[BaseException], ...]:

@@ -19,14 +19,16 @@ from tokendealer.dealer import (
     metrics,
     openapi,
     revoke,
+    rotation,
     token,
 )
 from tokendealer.dealer.asgi import body_gate, draining, head_checks, shedding
 from tokendealer.dealer.asgi.request import BODY_TIMEOUT, MAX_BODY_BYTES
 from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.dealer.state import EXTENSION, DealerState
-from tokendealer.keys.file_store import KeyStore
 from tokendealer.keys.ring import KeyRing
+from tokendealer.keys.schedule import RotationSchedule
+from tokendealer.keys.store import open_key_storage
 from tokendealer.store.admin_events import AdminEvents
 from tokendealer.store.client_cache import ClientCache
 from tokendealer.store.database import create_engine, migrate
@@ -45,7 +47,8 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     engine = create_engine(settings.database_url, settings.db_timeout)
-    store = KeyStore.from_settings(settings)
+    store = open_key_storage(settings, engine)
+    schedule = RotationSchedule.from_settings(settings)
     registry = ClientRegistry(engine)
     state = DealerState(
         settings=settings,
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         keyring=KeyRing(store, settings.keys_reload_interval),
         revocations=RevocationList(engine),
         admin_events=AdminEvents(engine),
+        schedule=schedule,
         limiter=FailureLimiter(
             settings.rate_limit_url,
             settings.auth_failure_limit,
@@ -63,25 +67,24 @@ def create_app(settings: Settings | None = None) -> Quart:
         ),
     )
     app.extensions[EXTENSION] = state
-    follower: asyncio.Task[None] | None = None
-    purger: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
 
     @app.before_serving
     async def start() -> None:
-        nonlocal follower, purger
         await migrate(engine)
-        await asyncio.to_thread(store.ensure, settings.signing_alg)
-        await asyncio.to_thread(state.keyring.refresh)
-        follower = asyncio.create_task(state.keyring.follow())
-        purger = asyncio.create_task(purge_expired(state))
+        await store.ensure(settings.signing_alg)
+        await state.keyring.refresh()
+        tasks.append(asyncio.create_task(state.keyring.follow()))
+        tasks.append(asyncio.create_task(purge_expired(state)))
+        if schedule is not None:
+            tasks.append(asyncio.create_task(rotation.rotate_on_schedule(state, store, schedule)))
 
     @app.after_serving
     async def stop() -> None:
-        for task in (follower, purger):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await state.limiter.close()
         await engine.dispose()
 

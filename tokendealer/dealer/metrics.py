@@ -57,6 +57,7 @@ from quart import Blueprint, Response, current_app
 from tokendealer.dealer.state import dealer_state
 from tokendealer.keys.keyset import KeySetError
 from tokendealer.keys.ring import KeyRing
+from tokendealer.keys.schedule import RotationSchedule
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))  # fixed at import, as prometheus-client's
@@ -193,8 +194,9 @@ def instrument(app: ASGIApp) -> ASGIApp:
 class KeySetCollector:
     """Key set gauges computed from the worker's key ring when scraped."""
 
-    def __init__(self, keyring: KeyRing) -> None:
+    def __init__(self, keyring: KeyRing, schedule: RotationSchedule | None = None) -> None:
         self.keyring = keyring
+        self.schedule = schedule
 
     def collect(self) -> Any:
         stale = GaugeMetricFamily(
@@ -228,12 +230,19 @@ class KeySetCollector:
         for key in keyset.keys:
             info.add_metric([key.kid, key.alg, key.state], 1)
         yield info
+        if self.schedule is not None:
+            yield GaugeMetricFamily(
+                "tokendealer_next_rotation_timestamp_seconds",
+                "When the scheduled rotation falls due (Unix time; TOKENDEALER_ROTATE_EVERY).",
+                value=self.schedule.due_at(keyset).timestamp(),
+            )
 
 
 def exposition(
     keyring: KeyRing,
     max_inflight: int | None = None,
     rate_limit_storage_unavailable: bool | None = None,
+    schedule: RotationSchedule | None = None,
 ) -> bytes:
     """The text exposition: every worker's samples (multiprocess) plus the key set and,
     when given, the in-flight limit and the health of the rate-limit storage."""
@@ -243,7 +252,7 @@ def exposition(
     else:
         registry = REGISTRY
     keys = CollectorRegistry()
-    keys.register(KeySetCollector(keyring))  # type: ignore[arg-type]
+    keys.register(KeySetCollector(keyring, schedule))  # type: ignore[arg-type]
     if max_inflight is not None:
         keys.register(
             _Constant(
@@ -284,5 +293,5 @@ async def metrics() -> Response:
     """Prometheus text format (version 0.0.4)."""
     state = dealer_state(current_app)
     unavailable = not await state.limiter.storage_available()
-    body = exposition(state.keyring, state.settings.max_inflight, unavailable)
+    body = exposition(state.keyring, state.settings.max_inflight, unavailable, state.schedule)
     return Response(body, content_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})

@@ -16,6 +16,7 @@ from tokendealer.config import Settings
 from tokendealer.dealer.errors import temporarily_unavailable
 from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.keys.ring import KeyRing
+from tokendealer.keys.schedule import RotationSchedule
 from tokendealer.keys.signing import TokenSigner
 from tokendealer.store.admin_events import AdminEvents
 from tokendealer.store.client_cache import ClientCache
@@ -36,6 +37,7 @@ class DealerState:
     revocations: RevocationList
     limiter: FailureLimiter
     admin_events: AdminEvents  # administrative changes, for the record (and the admin API)
+    schedule: RotationSchedule | None = None  # TOKENDEALER_ROTATE_EVERY; None: manual only
     _signer: TokenSigner | None = None
 
     def signer(self) -> TokenSigner:

@@ -39,8 +39,8 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -55,11 +55,15 @@ from tokendealer.keys.keyset import (
     KeySetError,
     PrivateKey,
     SigningKey,
+    expired_keys,
     jwk_thumbprint,
     key_fits,
+    new_keyset,
     public_jwk_members,
-    rotated,
+    revoke_key,
+    rotate_keyset,
     utc_now,
+    without_keys,
 )
 
 KEYSET_FILE = "keyset.json"
@@ -299,6 +303,13 @@ class KeyStore:
         self._check_wrappings(stored.wrappings)
         return stored.keyset
 
+    def read_any(self) -> KeySet:
+        """The key set however it is encrypted (``keys import`` seals it again elsewhere).
+
+        Never takes the lock nor writes: the directory may be read-only.
+        """
+        return self._read_stored().keyset
+
     def check_permissions(self) -> None:
         """Refuse a private key file readable by group or others."""
         try:
@@ -416,23 +427,24 @@ class KeyStore:
         with self.locked(create=True):
             if self.exists():
                 return self.load(), False
-            now = utc_now()
-            keyset = KeySet(
-                (SigningKey.generate(alg, "current", now), SigningKey.generate(alg, "next", now))
-            )
+            keyset = new_keyset(alg, utc_now())
             self._write(keyset)
             return keyset, True
 
-    def rotate(self, alg: str) -> tuple[KeySet, KeySet]:
-        """next -> current, current -> retired, a new next of ``alg``; returns (before, after)."""
+    def rotate(
+        self, alg: str, only_if: Callable[[KeySet], bool] | None = None
+    ) -> tuple[KeySet, KeySet] | None:
+        """next -> current, current -> retired, a new next of ``alg``; returns (before, after).
+
+        ``only_if``: rotate only when it holds for the set as read under the lock
+        (scheduled rotation: every worker may try, one rotates); else None.
+        """
         self._require()
         with self.locked():
             before = self.load()
-            now = utc_now()
-            after = KeySet(
-                tuple(rotated(key, now) for key in before.keys)
-                + (SigningKey.generate(alg, "next", now),)
-            ).validate()
+            if only_if is not None and not only_if(before):
+                return None
+            after = rotate_keyset(before, alg, utc_now())
             self._write(after)
             return before, after
 
@@ -441,33 +453,16 @@ class KeyStore:
         self._require()
         with self.locked():
             keyset = self.load()
-            moment = now or utc_now()
-            expired = [
-                key
-                for key in keyset.retired
-                if key.retired_at is None
-                or (moment - key.retired_at).total_seconds() > max_token_lifetime
-            ]
+            expired = expired_keys(keyset, max_token_lifetime, now or utc_now())
             if expired:
-                self._write(KeySet(tuple(k for k in keyset.keys if k not in expired)).validate())
+                self._write(without_keys(keyset, expired))
             return expired
 
     def revoke(self, kid: str, alg: str) -> tuple[SigningKey, KeySet]:
         """Remove a leaked key at once, whatever its state; keep a current and a next."""
         self._require()
         with self.locked():
-            keyset = self.load()
-            revoked = keyset.get(kid)
-            now = utc_now()
-            remaining = [key for key in keyset.keys if key.kid != kid]
-            if revoked.state == "current":
-                remaining = [
-                    replace(key, state="current", activated_at=now) if key.state == "next" else key
-                    for key in remaining
-                ]
-            if revoked.state in ("current", "next"):
-                remaining.append(SigningKey.generate(alg, "next", now))
-            after = KeySet(tuple(remaining)).validate()
+            revoked, after = revoke_key(self.load(), kid, alg, utc_now())
             self._write(after)
             return revoked, after
 
@@ -492,6 +487,17 @@ class KeyStore:
             if moved:
                 self._write(stored.keyset)
             return moved, stored.keyset
+
+    def import_keys(self, keyset: KeySet, replace: bool) -> KeySet:
+        """Write ``keyset`` (read elsewhere) here; refuse over a key set unless ``replace``."""
+        with self.locked(create=True):
+            if self.exists() and not replace:
+                raise KeySetError(
+                    f"{self.path} already holds a key set: pass --replace to replace it "
+                    "with the imported one"
+                )
+            self._write(keyset.validate())
+            return keyset
 
     def _write(self, keyset: KeySet) -> None:
         """Atomic replace: temp file (0600) in the same dir, fsync, rename, fsync the dir.

@@ -197,3 +197,46 @@ def rotated(key: SigningKey, now: datetime) -> SigningKey:
     if key.state == "current":
         return replace(key, state="retired", retired_at=now)
     return key
+
+
+# -- the changes every store makes, on a snapshot (each store adds its own locking) ----------
+
+
+def new_keyset(alg: str, now: datetime) -> KeySet:
+    """A first key set: a current key and a next one."""
+    return KeySet((SigningKey.generate(alg, "current", now), SigningKey.generate(alg, "next", now)))
+
+
+def rotate_keyset(keyset: KeySet, alg: str, now: datetime) -> KeySet:
+    """next -> current, current -> retired, a new next of ``alg``."""
+    return KeySet(
+        tuple(rotated(key, now) for key in keyset.keys) + (SigningKey.generate(alg, "next", now),)
+    ).validate()
+
+
+def expired_keys(keyset: KeySet, lifetime: float, now: datetime) -> list[SigningKey]:
+    """Retired keys retired more than ``lifetime`` seconds ago: no token of theirs is valid."""
+    return [
+        key
+        for key in keyset.retired
+        if key.retired_at is None or (now - key.retired_at).total_seconds() > lifetime
+    ]
+
+
+def without_keys(keyset: KeySet, dropped: list[SigningKey]) -> KeySet:
+    kids = {key.kid for key in dropped}
+    return KeySet(tuple(key for key in keyset.keys if key.kid not in kids)).validate()
+
+
+def revoke_key(keyset: KeySet, kid: str, alg: str, now: datetime) -> tuple[SigningKey, KeySet]:
+    """Remove a leaked key at once, whatever its state; keep a current and a next."""
+    revoked = keyset.get(kid)
+    remaining = [key for key in keyset.keys if key.kid != kid]
+    if revoked.state == "current":
+        remaining = [
+            replace(key, state="current", activated_at=now) if key.state == "next" else key
+            for key in remaining
+        ]
+    if revoked.state in ("current", "next"):
+        remaining.append(SigningKey.generate(alg, "next", now))
+    return revoked, KeySet(tuple(remaining)).validate()

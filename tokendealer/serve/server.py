@@ -30,8 +30,8 @@ from typing import Any
 from hypercorn.config import Config, Sockets
 
 from tokendealer.config import Settings
-from tokendealer.keys.file_store import KeyStore
 from tokendealer.keys.keyset import KeySet
+from tokendealer.keys.store import open_key_storage
 from tokendealer.serve.logs import logging_config
 from tokendealer.serve.startup import ServeOptions
 from tokendealer.serve.supervisor import Supervisor
@@ -65,12 +65,24 @@ TRANSPORT_LIMITS: dict[str, Any] = {
 
 
 def prepare_keys(settings: Settings) -> KeySet:
-    """Create the key set if missing (once, under the key-dir lock) and check it loads."""
-    store = KeyStore.from_settings(settings)
-    keyset, created = store.ensure(settings.signing_alg)
-    if created:
-        log.info("created a new %s key set in %s/", settings.signing_alg, settings.keys_dir)
-    return keyset
+    """Create the key set if missing (once: under the key-dir lock, or the database's
+    generation check) and check it loads. The database store needs the schema first."""
+
+    async def ensure() -> KeySet:
+        engine = None
+        if settings.key_store == "database":
+            engine = create_engine(settings.database_url, settings.db_timeout)
+        try:
+            store = open_key_storage(settings, engine)
+            keyset, created = await store.ensure(settings.signing_alg)
+        finally:
+            if engine is not None:
+                await engine.dispose()
+        if created:
+            log.info("created a new %s key set in %s", settings.signing_alg, store.where)
+        return keyset
+
+    return asyncio.run(ensure())
 
 
 def prepare_database(settings: Settings) -> None:

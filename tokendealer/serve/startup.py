@@ -225,8 +225,13 @@ def startup_summary(settings: Settings, keyset: KeySet, options: ServeOptions, p
     if signing != settings.signing_alg:
         signing += f" (new keys: {settings.signing_alg})"
     workers = f"{options.workers} worker{'' if options.workers == 1 else 's'}"
+    store = (
+        "key store database (encrypted)"
+        if settings.key_store == "database"
+        else f"key store file {settings.keys_dir.resolve()}"
+    )
+    rotation = f", rotating every {settings.rotate_every} s" if settings.rotate_every else ""
     return (
         f"serving issuer {settings.issuer}, database {redact(settings.database_url)}, "
-        f"key store file {settings.keys_dir.resolve()}, signing {signing}, {workers}, "
-        f"listening on {options.url(port)}"
+        f"{store}, signing {signing}{rotation}, {workers}, listening on {options.url(port)}"
     )

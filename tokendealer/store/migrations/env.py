@@ -2,7 +2,12 @@
 
 from alembic import context
 
-from tokendealer.store import admin_events, registry, revocation_list  # noqa: F401  (tables)
+from tokendealer.store import (  # noqa: F401  (tables)
+    admin_events,
+    key_table,
+    registry,
+    revocation_list,
+)
 from tokendealer.store.schema import Base
 
 connection = context.config.attributes["connection"]
