@@ -13,7 +13,7 @@ UV_VERSION := 0.13.9
 LOCK_COMMAND := uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --quiet -o $(LOCK)
 
-.PHONY: run test lint format clean bench bench-smoke bench-scaleout bench-keypoll lock
+.PHONY: run test lint format clean bench bench-smoke bench-scaleout bench-keypoll bench-auth lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench: $(VENV)/.installed-test
 # Tokens/s of the RS256 dealer with 1 and with 2 workers, unpinned (issue 8 item 4).
 bench-scaleout: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.scaleout $(BENCH_ARGS)
+
+# Token rate by client authentication: secret vs private_key_jwt (jtis in SQLite or Redis).
+bench-auth: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.client_auth $(BENCH_ARGS)
 
 # The database key store's polling (needs PostgreSQL: TOKENDEALER_TEST_DATABASE_URL).
 bench-keypoll: $(VENV)/.installed-test

@@ -21,6 +21,7 @@ generator's core when given one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,9 @@ class RequestSpec:
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
     expect: str = ""  # a 2xx whose body lacks this is counted as bad_body
+    # One body per line, each sent once in turn (private_key_jwt assertions are single
+    # use); ``body`` is then unused. Both loaders take the next line for every request.
+    bodies_file: str = ""
 
 
 @dataclass
@@ -140,7 +145,9 @@ end
 
 function init(args)
   ok, non2xx, bad_body = 0, 0, 0
+  __INIT_BODIES__
 end
+__REQUEST__
 
 function response(status, headers, body)
   if status >= 200 and status < 300 then
@@ -185,7 +192,22 @@ def wrk_script(spec: RequestSpec) -> str:
         .replace("__BODY__", _lua_string(spec.body) if spec.body else "nil")
         .replace("__HEADERS__", headers)
         .replace("__EXPECT__", _lua_string(spec.expect))
+        .replace(
+            "__INIT_BODIES__",
+            _LUA_BODIES.format(_lua_string(spec.bodies_file)) if spec.bodies_file else "",
+        )
+        .replace("__REQUEST__", _LUA_REQUEST if spec.bodies_file else "")
     )
+
+
+# Only with bodies_file: wrk then builds each request (a static one is faster otherwise).
+_LUA_BODIES = "bodies, sent = {{}}, 0; for line in io.lines({}) do bodies[#bodies + 1] = line end"
+_LUA_REQUEST = """
+function request()
+  sent = sent + 1
+  return wrk.format(nil, nil, nil, bodies[((sent - 1) % #bodies) + 1])
+end
+"""
 
 
 def _run_wrk(
@@ -244,11 +266,22 @@ class _Stats:
         self.deadline = math.inf  # perf_counter() at which the measurement ends
 
 
-def _raw_request(spec: RequestSpec) -> tuple[str, int, bytes]:
+def _bodies(spec: RequestSpec) -> Iterator[str]:
+    """The bodies to send in turn: ``bodies_file``'s lines, shared by every connection."""
+    if spec.bodies_file not in _BODIES:
+        lines = Path(spec.bodies_file).read_text().splitlines()
+        _BODIES[spec.bodies_file] = itertools.cycle(lines)
+    return _BODIES[spec.bodies_file]
+
+
+_BODIES: dict[str, Iterator[str]] = {}
+
+
+def _raw_request(spec: RequestSpec, body_text: str | None = None) -> tuple[str, int, bytes]:
     parts = urlsplit(spec.url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    body = spec.body.encode()
+    body = (spec.body if body_text is None else body_text).encode()
     lines = [f"{spec.method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
     lines += [f"{k}: {v}" for k, v in spec.headers.items()]
     if body or spec.method in ("POST", "PUT", "PATCH"):
@@ -304,6 +337,8 @@ async def _connection(
                 )
             assert reader is not None
             begin = time.perf_counter()
+            if spec.bodies_file:
+                raw = _raw_request(spec, next(_bodies(spec)))[2]
             writer.write(raw)
             status, body, keep_alive = await asyncio.wait_for(_read_response(reader), timeout)
             end = time.perf_counter()

@@ -115,6 +115,11 @@ class Settings:
     log_format: str = "text"
     # Seconds administrative audit events are kept in the database (``90d`` by default).
     audit_retention: int = 90 * 86400
+    # What a private_key_jwt assertion's ``aud`` may be: the issuer (RFC 10070), and the
+    # token endpoint URL too when "token_endpoint" is listed (a migration aid).
+    assertion_audience: tuple[str, ...] = ("issuer",)
+    # Seconds between refetches of a client's jwks_uri on an unknown kid.
+    client_jwks_cooldown: float = 30.0
 
     @property
     def token_endpoint(self) -> str:
@@ -235,6 +240,18 @@ class Settings:
             log_format=get(
                 "LOG_FORMAT", _one_of("text", "json"), defaults.log_format, "text or json"
             ),
+            assertion_audience=get(
+                "ASSERTION_AUDIENCE",
+                _assertion_audience,
+                defaults.assertion_audience,
+                "issuer, or issuer,token_endpoint",
+            ),
+            client_jwks_cooldown=get(
+                "CLIENT_JWKS_COOLDOWN",
+                _float_between(0, 86400),
+                defaults.client_jwks_cooldown,
+                "seconds, 0 to 86400",
+            ),
             audit_retention=get(
                 "AUDIT_RETENTION",
                 duration_seconds,
@@ -274,6 +291,14 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def _optional(parse: Callable[[str], T]) -> Callable[[str], T | None]:
     """An empty value means unset."""
     return lambda raw: parse(raw) if raw else None
+
+
+def _assertion_audience(raw: str) -> tuple[str, ...]:
+    """``issuer`` always; ``token_endpoint`` besides it, never alone."""
+    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",")))
+    if "issuer" not in names or not set(names) <= {"issuer", "token_endpoint"}:
+        raise ValueError(raw)
+    return names
 
 
 def _host(raw: str) -> str:

@@ -292,9 +292,13 @@ async def test_the_metadata_names_both_endpoints(http: Any):
     metadata = await (await http.get("/.well-known/oauth-authorization-server")).get_json()
     assert metadata["introspection_endpoint"] == f"{ISSUER}/oauth/introspect"
     assert metadata["revocation_endpoint"] == f"{ISSUER}/oauth/revoke"
-    methods = ["client_secret_basic", "client_secret_post"]
+    methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
     assert metadata["introspection_endpoint_auth_methods_supported"] == methods
     assert metadata["revocation_endpoint_auth_methods_supported"] == methods
+    for endpoint in ("token", "introspection", "revocation"):  # RFC 8414 §2: with each list
+        algorithms = metadata[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
+        assert "ES256" in algorithms and "EdDSA" in algorithms and "RS256" in algorithms
+        assert "none" not in algorithms and not any(a.startswith("HS") for a in algorithms)
 
 
 # -- on a real server, as the README shows it ---------------------------------------------

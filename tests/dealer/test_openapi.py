@@ -74,6 +74,8 @@ def test_the_document_is_valid_openapi_3(live_dealer: DealerServer, dealer_schem
         ("/oauth/token", "POST"),
         ("/oauth/introspect", "POST"),
         ("/oauth/revoke", "POST"),
+        ("/oauth/authorize", "GET"),
+        ("/oauth/authorize", "POST"),
         ("/.well-known/jwks.json", "GET"),
         ("/.well-known/oauth-authorization-server", "GET"),
         ("/healthz", "GET"),

@@ -45,7 +45,7 @@ async def test_a_new_store_makes_one_key_set_and_reads_it_back(engine: AsyncEngi
     keyset, created = await store(engine).ensure("ES256")
     again, created_again = await store(engine).ensure("ES256")
     assert created and not created_again
-    assert [k.kid for k in again.keys] == [k.kid for k in keyset.keys]
+    assert {k.kid for k in again.keys} == {k.kid for k in keyset.keys}
     assert (await store(engine).load()).current.kid == keyset.current.kid
     assert await store(engine).version() == 1
 
@@ -101,7 +101,7 @@ async def test_rewrap_moves_every_key_and_the_mark_then_the_old_passphrase_is_do
 ) -> None:
     keyset, _ = await store(engine, "old").ensure("ES256")
     moved, after = await store(engine, "new", previous="old").rewrap()
-    assert moved == 2 and [k.kid for k in after.keys] == [k.kid for k in keyset.keys]
+    assert moved == 2 and {k.kid for k in after.keys} == {k.kid for k in keyset.keys}
     generation, mark = await state(engine)
     assert {row.passphrase_generation for row in (await rows(engine)).values()} == {mark}
     assert (await store(engine, "new").load()).current.kid == keyset.current.kid
@@ -148,7 +148,9 @@ async def test_import_refuses_over_keys_unless_replace_and_keeps_kids_and_states
         await store(engine).import_keys(source, replace=False)
     await store(engine).import_keys(source, replace=True)
     loaded = await store(engine).load()
-    assert [key.facts() for key in loaded.keys] == [key.facts() for key in source.keys]
+    assert sorted((key.facts() for key in loaded.keys), key=lambda f: f["kid"]) == sorted(
+        (key.facts() for key in source.keys), key=lambda f: f["kid"]
+    )
 
 
 async def test_the_ring_polls_one_generation_query_and_follows_a_change(

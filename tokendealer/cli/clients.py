@@ -31,7 +31,13 @@ def client_lines(facts: dict[str, Any], secret: str | None = None) -> list[str]:
         ("audience", " ".join(facts["audience"])),
         ("token_ttl", facts["token_ttl"] or "(default)"),
         ("enabled", "yes" if facts["enabled"] else "no"),
+        ("authentication", facts["token_endpoint_auth_method"]),
     ]
+    if facts.get("jwks_uri"):
+        rows.append(("jwks_uri", facts["jwks_uri"]))
+    elif facts.get("jwks"):
+        kids = [key.get("kid", key["kty"]) for key in facts["jwks"]["keys"]]
+        rows.append(("jwks", f"{len(kids)} key(s): {' '.join(kids)}"))
     if facts.get("previous_secret_valid_until"):
         rows.append(("old secret until", facts["previous_secret_valid_until"]))
     return [f"{name:<16} {value}" for name, value in rows]
@@ -39,9 +45,36 @@ def client_lines(facts: dict[str, Any], secret: str | None = None) -> list[str]:
 
 def show_secret(issued: Any, as_json: bool) -> None:
     facts = issued.client.public_facts()
+    if issued.secret is None:  # private_key_jwt: no secret exists, none is printed
+        emit(facts, as_json, client_lines(facts))
+        return
     emit({**facts, "client_secret": issued.secret}, as_json, client_lines(facts, issued.secret))
     if not as_json:
         click.echo("The secret is shown only now; only its hash is stored.", err=True)
+
+
+def read_jwks(path: str | None) -> Any:
+    """The JWK Set in ``path`` (``-``: stdin) as JSON, or None; one line when unreadable."""
+    if path is None:
+        return None
+    from tokendealer.store.client_keys import ClientKeyError, parse_jwks
+
+    try:
+        with click.open_file(path, "rb") as handle:
+            return parse_jwks(handle.read(MAX_JWKS_FILE))
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+    except ClientKeyError as exc:
+        fail(f"{path}: {exc}")
+
+
+MAX_JWKS_FILE = 64 * 1024 + 1  # one byte past the limit, so a larger file is refused
+jwks_option = click.option(
+    "--jwks", "jwks_file", metavar="FILE", help="A JWK Set of public keys: private_key_jwt."
+)
+jwks_uri_option = click.option(
+    "--jwks-uri", metavar="URL", help="Where the client publishes its JWK Set: private_key_jwt."
+)
 
 
 @clients.command("create")
@@ -51,21 +84,65 @@ def show_secret(issued: Any, as_json: bool) -> None:
 @click.option(
     "--ttl", type=click.IntRange(min=1), help="Token lifetime in seconds, at most TOKEN_TTL."
 )
+@jwks_option
+@jwks_uri_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def clients_create(
-    name: str, scope: str, audiences: tuple[str, ...], ttl: int | None, as_json: bool
+    name: str,
+    scope: str,
+    audiences: tuple[str, ...],
+    ttl: int | None,
+    jwks_file: str | None,
+    jwks_uri: str | None,
+    as_json: bool,
 ) -> None:
-    """Register a client; prints its id and its secret (shown once)."""
+    """Register a client; prints its id and its secret (shown once).
+
+    With --jwks or --jwks-uri the client signs assertions (private_key_jwt) with
+    its private key instead, and has no secret at all.
+    """
     if not audiences:
         fail("a client needs at least one audience: --audience AUD (repeatable)")
+    if jwks_file is not None and jwks_uri is not None:
+        fail("give --jwks or --jwks-uri, not both")
+    jwks = read_jwks(jwks_file)
     settings = load_settings()
     issued = run_db(
         settings,
         lambda registry: registry.create(
-            name, scope, audiences, ttl, max_token_ttl=settings.token_ttl, actor=operator()
+            name,
+            scope,
+            audiences,
+            ttl,
+            max_token_ttl=settings.token_ttl,
+            actor=operator(),
+            jwks=jwks,
+            jwks_uri=jwks_uri,
         ),
     )
     show_secret(issued, as_json)
+
+
+@clients.command("set-keys")
+@click.argument("client_id")
+@jwks_option
+@jwks_uri_option
+@click.option("--json", "as_json", is_flag=True)
+def clients_set_keys(
+    client_id: str, jwks_file: str | None, jwks_uri: str | None, as_json: bool
+) -> None:
+    """Replace a client's public keys (a secret client then uses private_key_jwt, and its
+    secret stops working)."""
+    if (jwks_file is None) == (jwks_uri is None):
+        fail("give --jwks FILE or --jwks-uri URL (one of them)")
+    jwks = read_jwks(jwks_file)
+    settings = load_settings()
+    client = run_db(
+        settings,
+        lambda registry: registry.set_keys(client_id, jwks, jwks_uri, actor=operator()),
+    )
+    facts = client.public_facts()
+    emit(facts, as_json, client_lines(facts))
 
 
 @clients.command("list")

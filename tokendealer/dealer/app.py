@@ -12,6 +12,7 @@ from quart import Quart, Response
 
 from tokendealer.config import Settings
 from tokendealer.dealer import (
+    authorize,
     discovery,
     errors,
     health,
@@ -24,12 +25,14 @@ from tokendealer.dealer import (
 )
 from tokendealer.dealer.asgi import body_gate, draining, head_checks, shedding
 from tokendealer.dealer.asgi.request import BODY_TIMEOUT, MAX_BODY_BYTES
+from tokendealer.dealer.client_jwks import ClientKeySets
 from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.dealer.state import EXTENSION, DealerState
 from tokendealer.keys.ring import KeyRing
 from tokendealer.keys.schedule import RotationSchedule
 from tokendealer.keys.store import open_key_storage
 from tokendealer.store.admin_events import AdminEvents
+from tokendealer.store.assertion_replays import replay_store
 from tokendealer.store.client_cache import ClientCache
 from tokendealer.store.database import create_engine, migrate
 from tokendealer.store.registry import ClientRegistry
@@ -58,6 +61,10 @@ def create_app(settings: Settings | None = None) -> Quart:
         keyring=KeyRing(store, settings.keys_reload_interval),
         revocations=RevocationList(engine),
         admin_events=AdminEvents(engine),
+        client_keys=ClientKeySets(settings.client_jwks_cooldown),
+        replays=replay_store(
+            settings.rate_limit_url, engine, settings.db_timeout, namespace=settings.issuer
+        ),
         schedule=schedule,
         limiter=FailureLimiter(
             settings.rate_limit_url,
@@ -86,6 +93,8 @@ def create_app(settings: Settings | None = None) -> Quart:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await state.limiter.close()
+        await state.client_keys.close()
+        await state.replays.close()
         await engine.dispose()
 
     @app.after_request
@@ -95,6 +104,7 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     errors.register(app)
     for blueprint in (
+        authorize.blueprint,
         introspect.blueprint,
         revoke.blueprint,
         discovery.blueprint,
@@ -131,6 +141,7 @@ async def purge_expired(state: DealerState, interval: float = PURGE_INTERVAL) ->
     while True:
         await asyncio.sleep(interval)
         await _purge(state, "expired revocations", state.revocations.purge())
+        await _purge(state, "used assertions past their expiry", state.replays.purge())
         cutoff = datetime.now(UTC) - retention
         await _purge(state, "audit events past their retention", state.admin_events.purge(cutoff))
 

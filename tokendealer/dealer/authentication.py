@@ -1,6 +1,7 @@
 """Client authentication for every OAuth endpoint, behind the brute-force limits.
 
-RFC 6749 §2.3.1 (``client_secret_basic`` and ``client_secret_post``) for the
+RFC 6749 §2.3.1 (``client_secret_basic`` and ``client_secret_post``) and RFC
+7523 §2.2 (``private_key_jwt``, :mod:`tokendealer.dealer.assertion`) for the
 token endpoint, and the same for introspection (RFC 7662 §2.1) and
 revocation (RFC 7009 §2.1). Every failure is counted by the
 :class:`~tokendealer.dealer.ratelimit.FailureLimiter`, written to the audit log and
@@ -20,10 +21,23 @@ from quart import request
 
 from tokendealer.dealer import audit, metrics
 from tokendealer.dealer.address import limit_key, source_address
-from tokendealer.dealer.errors import OAuthError, invalid_client, invalid_request, slow_down
+from tokendealer.dealer.assertion import (
+    ASSERTION_TYPE,
+    AssertionRefused,
+    presented_client_id,
+    verify_assertion,
+)
+from tokendealer.dealer.errors import (
+    OAuthError,
+    invalid_client,
+    invalid_request,
+    slow_down,
+    temporarily_unavailable,
+)
 from tokendealer.dealer.forms import Form, one
 from tokendealer.dealer.ratelimit import Blocked
 from tokendealer.dealer.state import DealerState
+from tokendealer.store.assertion_replays import ReplayStoreUnavailable
 from tokendealer.store.registry import Client, check_secret, digest_secret
 
 
@@ -32,7 +46,7 @@ class Caller:
     """An authenticated, enabled client and where its request came from."""
 
     client: Client
-    method: str  # client_secret_basic or client_secret_post
+    method: str  # client_secret_basic, client_secret_post or private_key_jwt
     source: str
 
 
@@ -102,13 +116,19 @@ async def authenticate_client(
     endpoint); introspection and revocation are rare and read the database.
     """
     bucket = limit_key(source)
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return await _authenticate_assertion(
+            state, form, endpoint, authorization, source, bucket, cached
+        )
     try:
         credentials = client_credentials(form, authorization)
     except MalformedCredentials as exc:
         await _failed(state, endpoint, source, bucket, None, "malformed_credentials", str(exc))
     if credentials is None:
         _refuse(endpoint, source, None, "missing_credentials")
-        raise invalid_client("client authentication required (HTTP Basic or client_secret_post)")
+        raise invalid_client(
+            "client authentication required (HTTP Basic, client_secret_post or private_key_jwt)"
+        )
     client_id, secret, method = credentials
     if blocked := state.limiter.blocked(client_id, bucket):
         _rate_limited(endpoint, source, client_id, blocked)
@@ -124,6 +144,70 @@ async def authenticate_client(
         _refuse(endpoint, source, client_id, "client_disabled")
         raise OAuthError("unauthorized_client", "this client is disabled")
     return Caller(client, method, source)
+
+
+async def _authenticate_assertion(
+    state: DealerState,
+    form: Form,
+    endpoint: str,
+    authorization: str | None,
+    source: str,
+    bucket: str,
+    cached: bool,
+) -> Caller:
+    """private_key_jwt (RFC 7523 §2.2): the checks are :mod:`tokendealer.dealer.assertion`'s."""
+    if authorization is not None or "client_secret" in form:
+        raise invalid_request("use one client authentication method, not both")
+    assertion_type, assertion = one(form, "client_assertion_type"), one(form, "client_assertion")
+    form_client_id = one(form, "client_id")
+    if assertion_type != ASSERTION_TYPE or not assertion:
+        await _failed(
+            state,
+            endpoint,
+            source,
+            bucket,
+            None,
+            "malformed_credentials",
+            f"private_key_jwt needs client_assertion_type={ASSERTION_TYPE} and client_assertion",
+        )
+    try:
+        client_id = presented_client_id(assertion, form_client_id)
+    except AssertionRefused as refused:
+        await _failed(state, endpoint, source, bucket, None, refused.reason, refused.description)
+    if blocked := state.limiter.blocked(client_id, bucket):
+        _rate_limited(endpoint, source, client_id, blocked)
+    find = state.clients.find if cached else state.registry.find
+    client = await state.db_call(find(client_id))
+    if client is None:
+        await _failed(state, endpoint, source, bucket, client_id, "unknown_client")
+    if not client.uses_keys:
+        await _failed(
+            state,
+            endpoint,
+            source,
+            bucket,
+            client_id,
+            "assertion_not_allowed",
+            "this client authenticates with its secret, not with private_key_jwt",
+        )
+    settings = state.settings
+    audiences = tuple(
+        settings.issuer if name == "issuer" else settings.token_endpoint
+        for name in settings.assertion_audience
+    )
+    try:
+        await verify_assertion(assertion, client, state.client_keys, audiences, state.replays)
+    except AssertionRefused as refused:
+        reason, description = refused.reason, refused.description
+        await _failed(state, endpoint, source, bucket, client_id, reason, description)
+    except ReplayStoreUnavailable:
+        raise temporarily_unavailable(
+            "the store of used assertions is unreachable; retry shortly"
+        ) from None
+    if not client.enabled:
+        _refuse(endpoint, source, client_id, "client_disabled")
+        raise OAuthError("unauthorized_client", "this client is disabled")
+    return Caller(client, "private_key_jwt", source)
 
 
 def _refuse(endpoint: str, source: str, client_id: str | None, reason: str) -> None:

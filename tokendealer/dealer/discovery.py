@@ -7,8 +7,10 @@ import json
 
 from quart import Blueprint, Response, current_app, request
 
+from tokendealer.dealer.authorize import AUTHORIZE_PATH
 from tokendealer.dealer.state import dealer_state
 from tokendealer.keys.keyset import KeySet
+from tokendealer.store.client_keys import ASSERTION_ALGORITHMS
 
 blueprint = Blueprint("discovery", __name__)
 
@@ -41,21 +43,32 @@ async def jwks() -> Response:
 
 @blueprint.get("/.well-known/oauth-authorization-server")
 async def metadata() -> Response:
-    """RFC 8414 §2 metadata; ``response_types_supported`` is REQUIRED, and empty here."""
+    """RFC 8414 §2 metadata.
+
+    ``authorization_endpoint`` is listed although no response type is served
+    (``response_types_supported`` is REQUIRED, and empty here): RFC 8414 lets a
+    server without that grant leave it out, but strict parsers (the ``mcp``
+    SDK's) require it; :mod:`tokendealer.dealer.authorize` answers it 400.
+    """
     settings = dealer_state(current_app).settings
-    auth_methods = ["client_secret_basic", "client_secret_post"]
+    auth_methods = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    algorithms = list(ASSERTION_ALGORITHMS)  # for private_key_jwt (RFC 8414 §2)
     document = {
         "issuer": settings.issuer,
         "token_endpoint": settings.token_endpoint,
         "jwks_uri": settings.jwks_uri,
+        "authorization_endpoint": f"{settings.issuer}{AUTHORIZE_PATH}",
         "response_types_supported": [],
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": auth_methods,
+        "token_endpoint_auth_signing_alg_values_supported": algorithms,
         # RFC 8414 §2 (from RFC 7662 and RFC 7009): same client authentication as above.
         "introspection_endpoint": f"{settings.issuer}/oauth/introspect",
         "introspection_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_signing_alg_values_supported": algorithms,
         "revocation_endpoint": f"{settings.issuer}/oauth/revoke",
         "revocation_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_signing_alg_values_supported": algorithms,
     }
     return Response(
         json.dumps(document),

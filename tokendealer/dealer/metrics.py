@@ -66,6 +66,7 @@ ENDPOINTS = {
     "/oauth/token": "token",
     "/oauth/introspect": "introspect",
     "/oauth/revoke": "revoke",
+    "/oauth/authorize": "authorize",
     "/.well-known/jwks.json": "jwks",
     "/.well-known/oauth-authorization-server": "metadata",
     "/openapi.json": "openapi",

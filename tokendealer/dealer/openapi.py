@@ -76,6 +76,19 @@ CLIENT_AUTH_FIELDS = {
         "type": "string",
         "description": "client_secret_post: the client secret; never together with HTTP Basic.",
     },
+    "client_assertion_type": {
+        "type": "string",
+        "enum": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"],
+        "description": "private_key_jwt (RFC 7523 §2.2): with client_assertion.",
+    },
+    "client_assertion": {
+        "type": "string",
+        "description": (
+            "private_key_jwt (at most 8 KiB): a JWT signed with a key the client "
+            "registered; iss = sub = the client id, aud = the issuer alone (RFC 10070), exp at "
+            "most one hour ahead, a jti used once. Never together with a secret."
+        ),
+    },
 }
 TOKEN_FIELD = {
     "token": {"type": "string", "minLength": 1, "description": "The access token."},
@@ -196,6 +209,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": {"type": "string"},
             },
+            "token_endpoint_auth_signing_alg_values_supported": {
+                "type": "array",
+                "items": {"type": "string"},
+            },
+            "authorization_endpoint": {"type": "string"},
             "introspection_endpoint": {"type": "string"},
             "revocation_endpoint": {"type": "string"},
         },
@@ -224,8 +242,10 @@ def _paths() -> dict[str, Any]:
                 "operationId": "token",
                 "summary": "Client credentials grant (RFC 6749 §4.4)",
                 "description": (
-                    "Client authentication: HTTP Basic (client_secret_basic) or the "
-                    "client_id and client_secret fields (client_secret_post), never both."
+                    "Client authentication: HTTP Basic (client_secret_basic), the "
+                    "client_id and client_secret fields (client_secret_post), or the "
+                    "client_assertion_type and client_assertion fields (private_key_jwt); "
+                    "exactly one."
                 ),
                 "security": SECURITY,
                 "requestBody": _form_body("TokenRequest", repeated=("resource",)),
@@ -237,6 +257,21 @@ def _paths() -> dict[str, Any]:
                     ),
                 },
             }
+        },
+        "/oauth/authorize": {
+            method: {
+                "operationId": f"authorize_{method}",
+                "summary": "Listed for strict metadata parsers; serves no response type",
+                "description": (
+                    "RFC 6749 §4.1.2.1: every request is answered 400 "
+                    "unsupported_response_type, never a redirect (the dealer has only the "
+                    "client_credentials grant)."
+                ),
+                "responses": {
+                    "400": _json(_ref("OAuthError"), "`unsupported_response_type`."),
+                },
+            }
+            for method in ("get", "post")
         },
         "/oauth/introspect": {
             "post": {

@@ -76,6 +76,7 @@ async def rotate_if_due(
     if rotated is None:  # another worker or replica was first
         return False
     before, after = rotated
+    await _record(state, "keys.rotate", after.current.kid)
     log.info(
         "scheduled rotation: %s signs now, %s retired, %s is the next key",
         after.current.kid,
@@ -83,7 +84,6 @@ async def rotate_if_due(
         after.next.kid,
     )
     await ring.refresh()
-    await _record(state, "keys.rotate", after.current.kid)
     return True
 
 
@@ -96,9 +96,9 @@ async def prune_if_due(
         return []
     removed = [key.kid for key in await storage.prune(schedule.retired_lifetime)]
     if removed:
+        await _record(state, "keys.prune", " ".join(removed))
         log.info("scheduled prune: dropped retired key(s) %s", " ".join(removed))
         await ring.refresh()
-        await _record(state, "keys.prune", " ".join(removed))
     return removed
 
 

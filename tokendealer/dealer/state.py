@@ -13,12 +13,14 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tokendealer.config import Settings
+from tokendealer.dealer.client_jwks import ClientKeySets
 from tokendealer.dealer.errors import temporarily_unavailable
 from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.keys.ring import KeyRing
 from tokendealer.keys.schedule import RotationSchedule
 from tokendealer.keys.signing import TokenSigner
 from tokendealer.store.admin_events import AdminEvents
+from tokendealer.store.assertion_replays import ReplayStore
 from tokendealer.store.client_cache import ClientCache
 from tokendealer.store.registry import ClientRegistry
 from tokendealer.store.revocation_list import RevocationList
@@ -37,6 +39,8 @@ class DealerState:
     revocations: RevocationList
     limiter: FailureLimiter
     admin_events: AdminEvents  # administrative changes, for the record (and the admin API)
+    client_keys: ClientKeySets  # private_key_jwt clients' public keys (jwks_uri fetched, cached)
+    replays: ReplayStore  # the jtis of assertions used once (database or Redis)
     schedule: RotationSchedule | None = None  # TOKENDEALER_ROTATE_EVERY; None: manual only
     _signer: TokenSigner | None = None
 

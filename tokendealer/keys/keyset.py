@@ -16,7 +16,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal
 
@@ -120,10 +120,13 @@ class SigningKey:
 
     @classmethod
     def generate(cls, alg: str, state: State, now: datetime) -> SigningKey:
+        """A new key; ``created_at`` (when a ``next`` key counts as published) is taken after
+        the slow generation and rounded up, so that it is never earlier than the truth."""
         private_key = generate_private_key(alg)
         kid = jwk_thumbprint(public_jwk_members(private_key))
+        created = max(now, utc_now() + timedelta(seconds=1))
         activated = now if state == "current" else None
-        return cls(kid, alg, state, private_key, created_at=now, activated_at=activated)
+        return cls(kid, alg, state, private_key, created_at=created, activated_at=activated)
 
     @cached_property
     def public_jwk(self) -> dict[str, str]:

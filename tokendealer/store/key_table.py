@@ -127,7 +127,13 @@ class KeyTable:
                         )
                     )
                 ).one_or_none()
-                keys = (await connection.execute(select(*_columns(SigningKeyRow)))).all()
+                keys = (
+                    await connection.execute(
+                        select(*_columns(SigningKeyRow)).order_by(
+                            SigningKeyRow.created_at, SigningKeyRow.kid
+                        )
+                    )
+                ).all()
                 passphrases = (await connection.execute(select(*_columns(KeyPassphraseRow)))).all()
                 after = await connection.scalar(
                     select(KeyStoreStateRow.generation).where(KeyStoreStateRow.id == STATE_ROW)

@@ -23,9 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tokendealer.store.admin_events import Actor, AdminEvents
+from tokendealer.store.client_keys import ClientKeyError, check_jwks, check_jwks_uri
 from tokendealer.store.schema import Base, UTCDateTime
 
 SECRET_BYTES = 32  # 256 bits
+SECRET_METHOD, KEY_METHOD = "client_secret_basic", "private_key_jwt"
+NO_SECRET = ""  # the digest column of a key-only client: no digest ever equals it
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_urlsafe makes
 CLIENT_ID_BYTES = 12
 GENERATED_CLIENT_ID = re.compile(f"[0-9a-f]{{{2 * CLIENT_ID_BYTES}}}")  # what create() makes
@@ -118,6 +121,15 @@ class Client(Base):
     enabled: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # RFC 7591 §2: client_secret_basic (a secret; post works too) or private_key_jwt
+    # (signed assertions checked against ``jwks`` or the keys at ``jwks_uri``; no secret).
+    auth_method: Mapped[str] = mapped_column(String(32), default=SECRET_METHOD)
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    jwks_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def uses_keys(self) -> bool:
+        return self.auth_method == KEY_METHOD
 
     @property
     def scope_list(self) -> tuple[str, ...]:
@@ -157,8 +169,16 @@ class Client(Base):
             "enabled": self.enabled,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
+            "token_endpoint_auth_method": self.auth_method,
+            **self.key_facts(),
             "previous_secret_valid_until": _iso(grace_until),
         }
+
+    def key_facts(self) -> dict[str, Any]:
+        """``jwks`` or ``jwks_uri`` for a private_key_jwt client; nothing for a secret one."""
+        if not self.uses_keys:
+            return {}
+        return {"jwks_uri": self.jwks_uri} if self.jwks_uri else {"jwks": self.jwks}
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -169,10 +189,11 @@ def _iso(moment: datetime | None) -> str | None:
 
 @dataclass(frozen=True)
 class IssuedSecret:
-    """A client together with a secret shown once, right after it was generated."""
+    """A client together with a secret shown once, right after it was generated
+    (None: a private_key_jwt client, which has none)."""
 
     client: Client
-    secret: str
+    secret: str | None
 
 
 class ClientRegistry:
@@ -211,11 +232,18 @@ class ClientRegistry:
         token_ttl: int | None = None,
         max_token_ttl: int | None = None,
         actor: Actor | None = None,
+        jwks: Any = None,
+        jwks_uri: str | None = None,
     ) -> IssuedSecret:
         """A new client and its secret (shown once); ``max_token_ttl``: the dealer's
         ``TOKENDEALER_TOKEN_TTL``, which ``token_ttl`` may not exceed. ``actor``: who asks,
-        for the administrative audit record (None: not recorded)."""
-        secret = secrets.token_urlsafe(SECRET_BYTES)
+        for the administrative audit record (None: not recorded).
+
+        With ``jwks`` (a JWK Set) or ``jwks_uri``, the client authenticates with
+        private_key_jwt and has no secret at all.
+        """
+        keys = _client_keys(jwks, jwks_uri)
+        secret = None if keys else secrets.token_urlsafe(SECRET_BYTES)
 
         async def add(session: AsyncSession) -> Client:
             now = _now()
@@ -223,18 +251,44 @@ class ClientRegistry:
                 # hex: never starts with "-" on a command line
                 client_id=secrets.token_hex(CLIENT_ID_BYTES),
                 name=check_name(name),
-                secret_digest=digest_secret(secret),
+                secret_digest=NO_SECRET if secret is None else digest_secret(secret),
                 scopes=" ".join(parse_scopes(scopes)),
                 audiences=_check_audiences(audiences),
                 token_ttl=check_token_ttl(token_ttl, max_token_ttl),
                 enabled=True,
                 created_at=now,
                 updated_at=now,
+                auth_method=KEY_METHOD if keys else SECRET_METHOD,
+                **(keys or {}),
             )
             session.add(client)
             return client
 
         return IssuedSecret(await self._change("clients.create", None, actor, add), secret)
+
+    async def set_keys(
+        self,
+        client_id: str,
+        jwks: Any = None,
+        jwks_uri: str | None = None,
+        actor: Actor | None = None,
+    ) -> Client:
+        """Replace a client's public keys; a secret client becomes a private_key_jwt one
+        and its secret (and any previous one) stops working at once."""
+
+        async def replace_keys(session: AsyncSession) -> Client:
+            keys = _client_keys(jwks, jwks_uri)
+            if not keys:
+                raise ClientError("set-keys needs --jwks FILE or --jwks-uri URL")
+            client = await self._locked(session, client_id)
+            client.auth_method = KEY_METHOD
+            client.jwks, client.jwks_uri = keys["jwks"], keys["jwks_uri"]
+            client.secret_digest = NO_SECRET
+            client.previous_secret_digest = client.previous_secret_expires_at = None
+            client.updated_at = _now()
+            return client
+
+        return await self._change("clients.set-keys", client_id, actor, replace_keys)
 
     async def get(self, client_id: str) -> Client:
         client = await self.find(client_id)
@@ -320,6 +374,11 @@ class ClientRegistry:
                 raise ClientError("--grace must be zero or more seconds")
             now = _now()
             client = await self._locked(session, client_id)
+            if client.uses_keys:
+                raise ClientError(
+                    "this client authenticates with private_key_jwt and has no secret: "
+                    "use clients set-keys to change its keys"
+                )
             if grace > 0:
                 client.previous_secret_digest = client.secret_digest
                 client.previous_secret_expires_at = now + timedelta(seconds=grace)
@@ -373,9 +432,26 @@ def check_secret(client: Client | None, offered: str) -> tuple[Client | None, st
     if client is None:
         UNKNOWN_CLIENT.digest_matches(offered)
         return None, "unknown_client"
+    if client.uses_keys:  # no secret to match: it signs assertions instead
+        UNKNOWN_CLIENT.digest_matches(offered)
+        return None, "secret_not_allowed"
     if not client.digest_matches(offered):
         return None, "wrong_secret"
     return client, "ok"
+
+
+def _client_keys(jwks: Any, jwks_uri: str | None) -> dict[str, Any] | None:
+    """The key columns of a private_key_jwt client, checked; None for a secret client."""
+    if jwks is not None and jwks_uri is not None:
+        raise ClientError("give --jwks or --jwks-uri, not both")
+    try:
+        if jwks is not None:
+            return {"jwks": check_jwks(jwks), "jwks_uri": None}
+        if jwks_uri is not None:
+            return {"jwks": None, "jwks_uri": check_jwks_uri(jwks_uri)}
+    except ClientKeyError as exc:
+        raise ClientError(str(exc)) from None
+    return None
 
 
 def _check_audiences(audiences: Sequence[str]) -> list[str]:

@@ -4,6 +4,7 @@ from alembic import context
 
 from tokendealer.store import (  # noqa: F401  (tables)
     admin_events,
+    assertion_replays,
     key_table,
     registry,
     revocation_list,
