@@ -10,6 +10,7 @@ command, so nothing outside the test ever sees it; where that is not allowed
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from tests.conftest import DealerServer
 from tokendealer.keys import file_store
 from tokendealer.keys.file_store import LOCK_FILE, KeyStore
 from tokendealer.keys.ring import KeyRing
+from tokendealer.keys.store import FileKeyStorage
 
 TOKENDEALER = [sys.executable, "-m", "tokendealer"]
 # Runs "$@" with the directory $1 bind-mounted read-only over itself, in a mount namespace
@@ -75,7 +77,7 @@ def test_reading_never_opens_the_lock_or_writes(tmp_path: Path, monkeypatch) -> 
     assert store.load().current.kid == created.current.kid
     again, made = store.ensure("ES256")  # serve and the app's start-up, on an existing set
     assert not made and again.current.kid == created.current.kid
-    assert KeyRing(store, interval=0.1).refresh()
+    assert asyncio.run(KeyRing(FileKeyStorage(store), interval=0.1).refresh())
 
     writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT
     assert opened and all(flags & writing == 0 for _, flags in opened), opened

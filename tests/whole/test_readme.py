@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -117,3 +118,15 @@ def test_fleet_recipe_works_pasted_as_written(tmp_path: Path, pg_url: str) -> No
             assert line.split('"')[3] in result.stdout  # every kid of the old host
     assert not (workdir / "keys").exists()  # nothing on disk: the keys are in the database
     assert "correct horse" not in result.stdout + result.stderr
+
+
+def test_clients_without_secrets_work_pasted_as_written(dealer, tmp_path: Path) -> None:
+    """Key pair, JWK Set, registration, then the client helper and Authlib, as pasted."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the README's key generation uses openssl")
+    result = run_pasted(readme_block("Clients without secrets"), dealer, tmp_path)
+    assert "sent: Bearer eyJ" in result.stdout, result.stdout
+    assert "authlib: Bearer" in result.stdout, result.stdout
+    created = json.loads((tmp_path / "reports.json").read_text())
+    assert created["token_endpoint_auth_method"] == "private_key_jwt"
+    assert created.get("client_secret") is None

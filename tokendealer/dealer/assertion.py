@@ -8,8 +8,9 @@ The checks, each refused as 401 ``invalid_client`` with its own audit reason:
   HMAC) and fits the key it is checked with; ``typ`` is absent, ``JWT`` or
   ``client-authentication+jwt``; a ``crit`` header is refused; keys named in
   the header (``jwk``, ``jku``, ``x5u``, ``x5c``) are never used;
-* the signature verifies with a key the client registered (chosen by ``kid``
-  when the header names one);
+* the signature verifies with a key the client registered: the one with the
+  header's ``kid``; for a ``kid`` no key has, the keys registered without one;
+  without a ``kid``, every key of the right type;
 * ``iss`` = ``sub`` = the client id (RFC 7523 §3 items 1 and 2), and a
   ``client_id`` form field, if sent, is the same;
 * ``aud`` is the dealer's issuer and nothing else (RFC 10070 §5: its sole
@@ -90,13 +91,12 @@ async def verify_assertion(
         raise AssertionRefused(
             "jwks_uri_unavailable", "the client's jwks_uri could not be fetched"
         ) from exc
-    candidates = [
-        key
-        for key in registered
-        if alg in ALGORITHMS[key["kty"]]
-        and key.get("alg", alg) == alg
-        and (kid is None or key.get("kid") == kid)
+    fitting = [
+        key for key in registered if alg in ALGORITHMS[key["kty"]] and key.get("alg", alg) == alg
     ]
+    # The key the header names; a kid no key has may still be one registered without a kid.
+    named = [key for key in fitting if kid is not None and key.get("kid") == kid]
+    candidates = named or [key for key in fitting if kid is None or "kid" not in key]
     if not candidates:
         raise AssertionRefused(
             "unknown_key", "no registered key of this client fits the assertion's kid and alg"
@@ -169,7 +169,9 @@ def _check_claims(claims: dict[str, Any], client_id: str, audiences: tuple[str, 
             "wrong_audience", f"the client_assertion's aud must be {audiences[0]} alone"
         )
     exp = claims["exp"]
-    if not isinstance(exp, int | float) or exp > time.time() + MAX_LIFETIME + LEEWAY:
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise AssertionRefused("malformed_assertion", "the client_assertion's exp is not a number")
+    if exp > time.time() + MAX_LIFETIME + LEEWAY:
         raise AssertionRefused(
             "exp_too_far", "the client_assertion's exp is more than one hour ahead"
         )

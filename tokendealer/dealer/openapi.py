@@ -78,8 +78,11 @@ CLIENT_AUTH_FIELDS = {
     },
     "client_assertion_type": {
         "type": "string",
-        "enum": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"],
-        "description": "private_key_jwt (RFC 7523 §2.2): with client_assertion.",
+        "description": (
+            "private_key_jwt (RFC 7523 §2.2), with client_assertion: "
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer (a blank value counts as "
+            "omitted, RFC 6749 Appendix B)."
+        ),
     },
     "client_assertion": {
         "type": "string",

@@ -14,6 +14,7 @@ public surface; the code lives in its private modules:
 * ``_jwks``     - the issuer's JWK Set: discovery, fetching, filtering, the key cache
 * ``_verifier`` - ``TokenVerifier``: header, signature and claim checks, verified-token cache
 * ``_quart``    - quart-auth integration and the RFC 6750 §3 answers
+* ``_protected_resource`` - RFC 9728 metadata of a service (``TokenAuth(resource=...)``)
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@
 ``current_token`` holds its claims. Every refusal is rendered by
 ``TokenAuth.challenge`` (RFC 6750 §3); a token that could not be checked
 because the issuer's keys cannot be fetched (``KeysUnavailable``) by
-``TokenAuth.unavailable`` (503 with ``Retry-After``).
+``TokenAuth.unavailable`` (503 with ``Retry-After``). With ``resource=``,
+``TokenAuth`` also serves the RFC 9728 metadata of that resource and names it
+in every challenge (``tokendealer.verify._protected_resource``).
 
 The hit path, a token the verifier has already checked: read the header,
 hash the token and look it up (``TokenVerifier._lookup``: one dict lookup
@@ -36,6 +38,12 @@ from werkzeug.exceptions import Forbidden
 from werkzeug.local import LocalProxy
 
 from tokendealer.verify._errors import InvalidToken, KeysUnavailable
+from tokendealer.verify._protected_resource import (
+    CACHE_CONTROL,
+    SCOPES_ATTRIBUTE,
+    ProtectedResource,
+    route_scopes,
+)
 from tokendealer.verify._verifier import TokenVerifier, _Verified
 
 __all__ = ["InsufficientScope", "TokenAuth", "TokenUser", "current_token", "require_token"]
@@ -58,7 +66,14 @@ class InsufficientScope(Forbidden):
 
 
 class _BearerUnauthorized(quart_auth.Unauthorized):
-    """Raised by ``require_token``; rendered by its own ``TokenAuth``."""
+    """Raised by ``require_token``; rendered by its own ``TokenAuth``.
+
+    ``scopes``: what the route needs, for the challenge's ``scope`` with ``resource=``.
+    """
+
+    def __init__(self, scopes: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.scopes = tuple(scopes)
 
 
 class TokenUser(quart_auth.AuthUser):
@@ -180,6 +195,18 @@ class TokenAuth(quart_auth.QuartAuth):
     (``unavailable``).
     The verifier's HTTP client is closed in ``after_serving``; with
     ``prefetch`` the JWKS is fetched in ``before_serving``.
+
+    ``resource`` (RFC 9728), the service's resource identifier, e.g.
+    ``https://api.example.com/mcp``: the app then serves its protected resource
+    metadata at ``/.well-known/oauth-protected-resource/mcp`` (RFC 9728 §3.1)
+    and at ``/.well-known/oauth-protected-resource`` (``resource``,
+    ``authorization_servers: [issuer]``, ``scopes_supported`` from the app's
+    ``require_token`` routes, ``bearer_methods_supported: ["header"]``), and
+    every 401 and 403 challenge carries ``resource_metadata`` (RFC 9728 §5.1)
+    and the ``scope`` the route needs. The verifier's audience must be exactly
+    that resource (a ``ValueError`` otherwise): clients that found the dealer
+    this way ask it for tokens with ``resource`` = the resource (RFC 8707), so
+    their ``aud`` is the resource. Without ``resource`` none of this happens.
     """
 
     user_class = TokenUser
@@ -191,10 +218,20 @@ class TokenAuth(quart_auth.QuartAuth):
         *,
         realm: str | None = None,
         prefetch: bool = True,
+        resource: str | None = None,
         **kwargs: Any,
     ) -> None:
         if verifier is None:
             raise TypeError("TokenAuth needs a TokenVerifier")
+        self._protected: ProtectedResource | None = None
+        if resource is not None:
+            self._protected = ProtectedResource.at(resource)
+            if verifier.audience != resource:
+                raise ValueError(
+                    f"TokenAuth(resource={resource!r}) needs a verifier whose audience is "
+                    f"exactly that resource, not {verifier.audience!r}: tokens for it carry "
+                    "the resource as aud (RFC 8707)"
+                )
         self.verifier = verifier
         self.realm = realm or verifier.audience
         self.prefetch = prefetch
@@ -221,6 +258,29 @@ class TokenAuth(quart_auth.QuartAuth):
             app.register_error_handler(quart_auth.Unauthorized, self._unauthorized)
         app.before_serving(self._before_serving)
         app.after_serving(self._after_serving)
+        if self._protected is not None:
+            for number, path in enumerate(self._protected.paths):
+                endpoint = f"tokendealer_protected_resource_{number}"
+                app.add_url_rule(path, endpoint, self._metadata, methods=["GET"])
+
+    @property
+    def resource(self) -> str | None:
+        """The RFC 9728 resource identifier given, else None."""
+        return None if self._protected is None else self._protected.resource
+
+    @property
+    def resource_metadata_url(self) -> str | None:
+        """Where the RFC 9728 metadata is (the §3.1 form), as the challenges name it."""
+        return None if self._protected is None else self._protected.metadata_url
+
+    async def _metadata(self) -> Response:
+        """RFC 9728 §3.2: the metadata as JSON; scopes as the app's routes are now."""
+        assert self._protected is not None
+        scopes = route_scopes(current_app.view_functions.values())
+        body = self._protected.document(self.verifier.issuer, scopes)
+        response = Response(body, mimetype="application/json")
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        return response
 
     async def _before_serving(self) -> None:
         if self.prefetch and not await self.verifier.refresh():
@@ -254,7 +314,10 @@ class TokenAuth(quart_auth.QuartAuth):
         description: str | None = None,
         scope: str | None = None,
     ) -> Response:
-        """A 401/403 with ``WWW-Authenticate: Bearer`` and the same error as JSON."""
+        """A 401/403 with ``WWW-Authenticate: Bearer`` and the same error as JSON.
+
+        With ``resource=``, ``resource_metadata`` too (RFC 9728 §5.1).
+        """
         params = [f"realm={_quoted(self.realm)}"]
         body: dict[str, str] = {}
         for name, value in (("error", error), ("error_description", description)):
@@ -264,6 +327,8 @@ class TokenAuth(quart_auth.QuartAuth):
         if scope:
             params.append(f"scope={_quoted(scope)}")
             body["scope"] = scope
+        if self._protected is not None:
+            params.append(f"resource_metadata={_quoted(self._protected.metadata_url)}")
         response = Response(json.dumps(body), status=status, mimetype="application/json")
         response.headers["WWW-Authenticate"] = "Bearer " + ", ".join(params)
         response.headers["Cache-Control"] = "no-store"
@@ -293,12 +358,19 @@ class TokenAuth(quart_auth.QuartAuth):
     async def _unavailable(self, exc: KeysUnavailable) -> Response:
         return self.unavailable(exc)
 
-    async def _unauthorized(self, _exc: Exception) -> Response:
-        """No token: a bare challenge (§3.1 says no error code); a bad one: invalid_token."""
+    async def _unauthorized(self, exc: Exception) -> Response:
+        """No token: a bare challenge (§3.1 says no error code); a bad one: invalid_token.
+
+        With ``resource=``, the ``scope`` the route needs as well (RFC 6750 §3): MCP
+        clients ask the dealer for exactly the challenged scope.
+        """
+        scope = None
+        if self._protected is not None and isinstance(exc, _BearerUnauthorized):
+            scope = " ".join(exc.scopes) or None
         user = self.load_user()
         if user.token is None or user.error is None:
-            return self.challenge(401)
-        return self.challenge(401, "invalid_token", user.error.description)
+            return self.challenge(401, scope=scope)
+        return self.challenge(401, "invalid_token", user.error.description, scope)
 
     async def _forbidden(self, exc: InsufficientScope) -> Response:
         return self.challenge(403, "insufficient_scope", "insufficient scope", " ".join(exc.scopes))
@@ -334,7 +406,7 @@ def require_token(
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             user = _token_auth().load_user()
             if await user.load_claims() is None:
-                raise _BearerUnauthorized()
+                raise _BearerUnauthorized(needed)
             if not needed_set <= user.scopes:
                 raise InsufficientScope(needed)
             reset = _route_user.set(user)  # current_token without another lookup
@@ -345,6 +417,9 @@ def require_token(
             finally:
                 _route_user.reset(reset)
 
+        # RFC 9728 scopes_supported; a stacked require_token's scopes are needed too.
+        inner = getattr(func, SCOPES_ATTRIBUTE, ())
+        setattr(wrapper, SCOPES_ATTRIBUTE, tuple(dict.fromkeys((*inner, *needed))))
         return wrapper
 
     return decorator
