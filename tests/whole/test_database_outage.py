@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +31,8 @@ import httpx
 import jwt
 from sqlalchemy.engine import make_url
 
-from tests.conftest import TOKENDEALER, DealerServer
+from tests.conftest import DealerServer
+from tests.support.audit import dealer_rotations as rotation_events
 from tests.support.faults import FaultProxy, LoopThread
 
 PASSPHRASE = "outage passphrase"
@@ -169,21 +168,7 @@ class Watch:
 
 def dealer_rotations(env: dict[str, str], since: datetime) -> list[str]:
     """Kids the dealers themselves made current since ``since`` (audit events)."""
-    events = json.loads(
-        subprocess.run(
-            [*TOKENDEALER, "audit", "--json", "--since", since.isoformat()],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    )
-    return [
-        event["object"]["id"]
-        for event in events
-        if event["action"] == "keys.rotate" and event["actor"]["kind"] == "dealer"
-    ]
+    return [event["object"]["id"] for event in rotation_events(env, "--since", since.isoformat())]
 
 
 def test_database_down_for_10_s_the_fleet_serves_from_memory_then_resumes_rotation(

@@ -26,9 +26,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
-import json
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +38,8 @@ from typing import Any
 import httpx
 import jwt
 
-from tests.conftest import TOKENDEALER, DealerServer
+from tests.conftest import DealerServer
+from tests.support.audit import dealer_rotations
 from tests.support.faults import LoopThread
 from tests.support.haproxy import HAProxy, needs_haproxy
 from tests.support.services import make_service, serve
@@ -206,20 +205,9 @@ def under_load(lb: str, service: str, client: dict[str, Any]) -> Iterator[Observ
 
 def scheduled_rotations(env: dict[str, str]) -> list[datetime]:
     """When the dealers rotated, from the audit events whose actor is the dealer."""
-    events = json.loads(
-        subprocess.run(
-            [*TOKENDEALER, "audit", "--json", "--limit", "1000"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    )
     return sorted(
         datetime.fromisoformat(event["time"].replace("Z", "+00:00"))
-        for event in events
-        if event["action"] == "keys.rotate" and event["actor"]["kind"] == "dealer"
+        for event in dealer_rotations(env, "--limit", "1000")
     )
 
 
