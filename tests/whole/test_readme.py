@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import PG_ENV
 from tests.support.readme import readme_block, replaced, run_block, run_pasted
+from tests.support.services import free_port
 
 
 def test_walkthrough_works_pasted_as_written(dealer, tmp_path: Path) -> None:
@@ -130,3 +131,23 @@ def test_clients_without_secrets_work_pasted_as_written(dealer, tmp_path: Path) 
     created = json.loads((tmp_path / "reports.json").read_text())
     assert created["token_endpoint_auth_method"] == "private_key_jwt"
     assert created.get("client_secret") is None
+
+
+def test_serving_mcp_clients_works_pasted_as_written(dealer, tmp_path: Path) -> None:
+    """An MCP server on hypercorn with ``TokenAuth(resource=...)``, an agent's key, and the
+    ``mcp`` SDK finding the dealer from the server's URL alone, as pasted."""
+    port = free_port()
+    result = run_pasted(
+        readme_block("Serving MCP clients"),
+        dealer,
+        tmp_path,
+        replace={"127.0.0.1:8001": f"127.0.0.1:{port}"},
+    )
+    resource = f"http://127.0.0.1:{port}/mcp"
+    metadata = json.loads(result.stdout.splitlines()[0])
+    assert metadata["resource"] == resource
+    assert metadata["authorization_servers"] == [dealer.url]
+    assert metadata["scopes_supported"] == ["mcp:tools"]
+    agent = json.loads((tmp_path / "agent.json").read_text())
+    expected = {"client": agent["client_id"], "scope": "mcp:tools"}
+    assert f"mcp: 200 {expected!r}" in result.stdout, result.stdout
