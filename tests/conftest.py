@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -240,6 +241,30 @@ def dealer_env(tmp_path: Path, database_url: str, port: int, **extra: str) -> di
     )
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def fuzzed_dealer(tmp: Path) -> Iterator[DealerServer]:
+    """A running dealer for a fuzzing module. Generated credentials fail: the brute-force
+    limits are set out of reach so the successful paths stay reachable (the limits have
+    their own tests)."""
+    port = free_port()
+    server = DealerServer(
+        env=dealer_env(
+            tmp,
+            f"sqlite+aiosqlite:///{tmp / 'tokendealer.db'}",
+            port,
+            TOKENDEALER_AUTH_FAILURE_LIMIT_PER_ADDRESS="100000/minute",
+            TOKENDEALER_AUTH_FAILURE_LIMIT="100000/minute",
+        ),
+        port=port,
+        log_path=tmp / "dealer.log",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -120,6 +120,16 @@ class Settings:
     assertion_audience: tuple[str, ...] = ("issuer",)
     # Seconds between refetches of a client's jwks_uri on an unknown kid.
     client_jwks_cooldown: float = 30.0
+    # The admin API under /admin (``TOKENDEALER_ADMIN_API=off`` removes it).
+    admin_api: bool = True
+    # The command line's remote mode: the dealer whose admin API ``clients``, ``keys`` and
+    # ``audit`` go through (None: they open the database and key store themselves), and how
+    # they authenticate there (a secret, or a private key in a PEM file: private_key_jwt).
+    url: str | None = None
+    admin_client_id: str | None = None
+    admin_client_secret: str | None = field(default=None, repr=False)
+    admin_private_key: Path | None = None
+    ca_bundle: Path | None = None  # a private CA for https to ``url``
 
     @property
     def token_endpoint(self) -> str:
@@ -258,6 +268,19 @@ class Settings:
                 defaults.audit_retention,
                 "a duration such as 90d, 12h, 30m, 90s or seconds",
             ),
+            admin_api=get("ADMIN_API", _on_off, defaults.admin_api, "on or off"),
+            url=get(
+                "URL",
+                _optional(admin_url),
+                defaults.url,
+                "an https URL (http only to a loopback address)",
+            ),
+            admin_client_id=env.get("TOKENDEALER_ADMIN_CLIENT_ID") or None,
+            admin_client_secret=env.get("TOKENDEALER_ADMIN_CLIENT_SECRET") or None,
+            admin_private_key=get(
+                "ADMIN_PRIVATE_KEY", _optional(_path), defaults.admin_private_key, "a PEM file path"
+            ),
+            ca_bundle=get("CA_BUNDLE", _optional(_path), defaults.ca_bundle, "a PEM file path"),
         )
 
 
@@ -314,6 +337,36 @@ def _one_of(*choices: str) -> Callable[[str], str]:
         return raw.lower()
 
     return parse
+
+
+def _on_off(raw: str) -> bool:
+    value = raw.lower()
+    if value not in ("on", "off"):
+        raise ValueError(raw)
+    return value == "on"
+
+
+def admin_url(raw: str) -> str:
+    """A dealer's URL for the command line's remote mode: https, or http to a loopback
+    address only, so that the admin client's secret never travels in clear."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError(raw)
+    _ = parts.port  # ValueError for a port that is not a number
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError(raw)
+    return raw.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, a ``*.localhost`` name (RFC 6761) or a loopback address."""
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _issuer(raw: str) -> str:

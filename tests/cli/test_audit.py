@@ -112,3 +112,13 @@ def test_reading_changes_nothing_in_the_record(tokendealer: Any) -> None:
     tokendealer("keys", "list")
     assert events(tokendealer) == []
     assert tokendealer("audit").stdout.strip() == "no administrative events recorded"
+
+
+def test_a_refused_key_change_is_recorded_with_its_reason(tokendealer: Any) -> None:
+    refused = tokendealer("keys", "revoke", "no-such-kid", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "error: no key with kid 'no-such-kid' in the key set"
+    latest = events(tokendealer)[0]
+    assert latest["action"] == "keys.revoke" and latest["outcome"] == "refused"
+    assert latest["object"] == {"type": "key", "id": "no-such-kid"}
+    assert "no key with kid" in latest["reason"]

@@ -151,3 +151,22 @@ def test_serving_mcp_clients_works_pasted_as_written(dealer, tmp_path: Path) -> 
     agent = json.loads((tmp_path / "agent.json").read_text())
     expected = {"client": agent["client_id"], "scope": "mcp:tools"}
     assert f"mcp: 200 {expected!r}" in result.stdout, result.stdout
+
+
+def test_administering_a_fleet_works_pasted_as_written(dealer, tmp_path: Path) -> None:
+    """The operators' client made locally, then the CLI and curl through the admin API."""
+    result = run_pasted(readme_block("Administering a fleet"), dealer, tmp_path)
+    billing = json.loads((tmp_path / "billing.json").read_text())
+    assert "client_secret" in billing  # shown once, through the API too
+    assert f"client_id        {billing['client_id']}" in result.stdout  # clients update
+    assert "scope            read write" in result.stdout
+    assert 'ETag: "v2"' in result.stdout or 'etag: "v2"' in result.stdout
+    assert "cache-control: no-store" in result.stdout.lower()
+    patched = json.loads(result.stdout.strip().splitlines()[-1])
+    assert patched["client_id"] == billing["client_id"] and patched["enabled"] is False
+    ops = json.loads((tmp_path / "ops.json").read_text())
+    events = dealer.cli_json("audit", "--limit", "3")
+    assert [e["action"] for e in events] == ["clients.disable", "clients.update", "clients.create"]
+    assert {e["actor"]["kind"] for e in events} == {"client"}
+    assert {e["actor"]["id"] for e in events} == {ops["client_id"]}
+    assert ops["client_secret"] not in result.stdout + result.stderr

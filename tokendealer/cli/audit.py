@@ -1,25 +1,19 @@
-"""``tokendealer audit``: the administrative changes, newest first; and recording them.
+"""``tokendealer audit``: the administrative changes, newest first.
 
-Commands that change clients record their event in the same transaction as
-the change (``ClientRegistry`` takes the actor). Key commands change a file,
-not the database, so :func:`record_key_event` writes their event afterwards:
-when the database cannot take it, the change stands and one warning line says
-the event is missing (rotating a leaked key must not wait for a database).
+Every change is recorded where it is made (:mod:`tokendealer.admin`): client
+changes in the same transaction as the change, key changes just after it.
+This command lists them, from the database here or from ``--url``'s admin API.
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from tokendealer.cli.shared import emit, load_settings, with_engine
-from tokendealer.config import Settings
-
-if TYPE_CHECKING:  # the database stack loads only when a command needs it
-    from tokendealer.store.admin_events import Outcome
+from tokendealer.cli.backend import administer
+from tokendealer.cli.shared import emit, load_settings
 
 
 def _since(value: str | None) -> datetime | None:
@@ -39,16 +33,8 @@ def _since(value: str | None) -> datetime | None:
 def audit(since_text: str | None, limit: int, as_json: bool) -> None:
     """List administrative changes (clients, keys), newest first."""
     since = _since(since_text)
-    settings = load_settings()
-    from tokendealer.store.admin_events import AdminEvents
-    from tokendealer.store.database import upgrade_existing
-
-    async def listed(engine: Any) -> list[dict[str, Any]]:
-        await upgrade_existing(engine)
-        return [event.facts() for event in await AdminEvents(engine).list(since, limit)]
-
-    events = with_engine(settings, listed)
-    emit(events, as_json, event_lines(events))
+    page = administer(load_settings(), "database", lambda admin: admin.audit(since, limit))
+    emit(page.items, as_json, event_lines(page.items))
 
 
 def event_lines(events: list[dict[str, Any]]) -> list[str]:
@@ -59,44 +45,10 @@ def event_lines(events: list[dict[str, Any]]) -> list[str]:
 
 def _event_line(event: dict[str, Any]) -> str:
     actor = event["actor"]
-    who = actor["id"] or f"{actor['user'] or '?'}@{actor['host'] or '?'}"
+    if actor["id"]:  # a client (of the admin API), from its source address
+        who = actor["id"] + (f"@{actor['source']}" if actor["source"] else "")
+    else:  # the command line: the OS user at the host
+        who = f"{actor['user'] or '?'}@{actor['host'] or '?'}"
     what = f"{event['object']['type']} {event['object']['id'] or ''}".rstrip()
     outcome = event["outcome"] + (f" ({event['reason']})" if event["reason"] else "")
     return f"{event['time']}  {event['action']:<22} {what:<34} {actor['kind']}:{who}  {outcome}"
-
-
-def record_key_event(
-    settings: Settings,
-    action: str,
-    object_type: str,
-    object_id: str | None,
-    outcome: Outcome = "done",
-    reason: str | None = None,
-) -> None:
-    """Record a key command's event; a database that cannot take it is one warning line."""
-    from tokendealer.cli.shared import database_errors
-    from tokendealer.store.admin_events import Actor, AdminEvents
-    from tokendealer.store.database import (
-        DatabaseMissing,
-        create_engine,
-        describe_database_error,
-        upgrade_existing,
-    )
-
-    async def record() -> None:
-        engine = create_engine(settings.database_url, settings.db_timeout)
-        try:
-            async with asyncio.timeout(settings.db_timeout * 3):
-                await upgrade_existing(engine)
-                events = AdminEvents(engine)
-                await events.record(
-                    action, object_type, object_id, Actor.command_line(), outcome, reason
-                )
-        finally:
-            await engine.dispose()
-
-    try:
-        asyncio.run(record())
-    except (DatabaseMissing, *database_errors()) as exc:
-        cause = describe_database_error(exc, settings.database_url, settings.db_timeout)
-        click.echo(f"warning: {action} is not in the audit record: {cause}", err=True)

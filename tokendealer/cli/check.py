@@ -283,7 +283,8 @@ def issuer_check(settings: Settings, options: ServeOptions) -> Check:
     balancer in front, on whatever port it likes. Warnings, not failures: a
     published container port (``-p 8080:5000``) makes another port right.
     """
-    from tokendealer.serve.startup import is_loopback, issuer_mismatch
+    from tokendealer.config import is_loopback
+    from tokendealer.serve.startup import issuer_mismatch
 
     issuer = settings.issuer
     mismatch = issuer_mismatch(issuer, options, options.port)

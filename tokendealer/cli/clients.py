@@ -1,4 +1,10 @@
-"""``tokendealer clients ...``: register and manage clients."""
+"""``tokendealer clients ...``: register and manage clients.
+
+Each command is one operation of :mod:`tokendealer.cli.backend` (here, or at
+``--url``) and prints only what it answers, in the ``--json`` shape, so the
+output is the same both ways. ``disable``, ``enable`` and ``set-keys`` are
+updates of those fields (``PATCH`` in the admin API).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,8 @@ from typing import Any
 
 import click
 
-from tokendealer.cli.shared import (
-    emit,
-    fail,
-    load_settings,
-    operator,
-    run_db,
-)
+from tokendealer.cli.backend import administer
+from tokendealer.cli.shared import emit, fail, load_settings
 
 
 @click.group()
@@ -43,14 +44,18 @@ def client_lines(facts: dict[str, Any], secret: str | None = None) -> list[str]:
     return [f"{name:<16} {value}" for name, value in rows]
 
 
-def show_secret(issued: Any, as_json: bool) -> None:
-    facts = issued.client.public_facts()
-    if issued.secret is None:  # private_key_jwt: no secret exists, none is printed
-        emit(facts, as_json, client_lines(facts))
-        return
-    emit({**facts, "client_secret": issued.secret}, as_json, client_lines(facts, issued.secret))
-    if not as_json:
+def show_client(facts: dict[str, Any], as_json: bool) -> None:
+    """A client's facts; with ``client_secret`` (a new one), the secret line and, for a
+    human, that it is shown only now. A key client has no secret: none is printed."""
+    secret = facts.get("client_secret")
+    emit(facts, as_json, client_lines(facts, secret))
+    if secret is not None and not as_json:
         click.echo("The secret is shown only now; only its hash is stored.", err=True)
+
+
+def run(operation: Callable[[Any], Awaitable[Any]]) -> Any:
+    """A client operation's answer (``data``), here or at ``--url``."""
+    return administer(load_settings(), "database", operation).data
 
 
 def read_jwks(path: str | None) -> Any:
@@ -106,21 +111,10 @@ def clients_create(
     if jwks_file is not None and jwks_uri is not None:
         fail("give --jwks or --jwks-uri, not both")
     jwks = read_jwks(jwks_file)
-    settings = load_settings()
-    issued = run_db(
-        settings,
-        lambda registry: registry.create(
-            name,
-            scope,
-            audiences,
-            ttl,
-            max_token_ttl=settings.token_ttl,
-            actor=operator(),
-            jwks=jwks,
-            jwks_uri=jwks_uri,
-        ),
+    facts = run(
+        lambda admin: admin.create_client(name, scope, audiences, ttl, jwks=jwks, jwks_uri=jwks_uri)
     )
-    show_secret(issued, as_json)
+    show_client(facts, as_json)
 
 
 @clients.command("set-keys")
@@ -136,12 +130,7 @@ def clients_set_keys(
     if (jwks_file is None) == (jwks_uri is None):
         fail("give --jwks FILE or --jwks-uri URL (one of them)")
     jwks = read_jwks(jwks_file)
-    settings = load_settings()
-    client = run_db(
-        settings,
-        lambda registry: registry.set_keys(client_id, jwks, jwks_uri, actor=operator()),
-    )
-    facts = client.public_facts()
+    facts = run(lambda admin: admin.update_client(client_id, jwks=jwks, jwks_uri=jwks_uri))
     emit(facts, as_json, client_lines(facts))
 
 
@@ -149,9 +138,7 @@ def clients_set_keys(
 @click.option("--json", "as_json", is_flag=True)
 def clients_list(as_json: bool) -> None:
     """List clients (never their secrets)."""
-    settings = load_settings()
-    found = run_db(settings, lambda registry: registry.list())
-    facts = [client.public_facts() for client in found]
+    facts = run(every_client)
     rows = [
         [f["client_id"], "yes" if f["enabled"] else "no", f["name"], f["scope"]]
         + [" ".join(f["audience"])]
@@ -159,6 +146,18 @@ def clients_list(as_json: bool) -> None:
     ]
     header = ["client_id", "enabled", "name", "scope", "audience"]
     emit(facts, as_json, table(header, rows) if rows else ["no clients yet"])
+
+
+async def every_client(admin: Any) -> Any:
+    """Every page (``Link rel="next"`` remotely; locally one page holds all)."""
+    from tokendealer.admin import Answer
+
+    page = await admin.list_clients()
+    found = list(page.items)
+    while page.next_cursor is not None:
+        page = await admin.list_clients(cursor=page.next_cursor)
+        found += page.items
+    return Answer(found)
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -175,29 +174,23 @@ def _client_command(name: str, doc: str, action: Callable[[Any, str], Awaitable[
     @click.argument("client_id")
     @click.option("--json", "as_json", is_flag=True)
     def command(client_id: str, as_json: bool) -> None:
-        settings = load_settings()
-        client = run_db(settings, lambda registry: action(registry, client_id))
-        facts = client.public_facts()
-        lines = client_lines(facts)
-        if name == "delete":
-            facts, lines = {**facts, "deleted": True}, [f"deleted client {client_id}"]
+        facts = run(lambda admin: action(admin, client_id))
+        lines = [f"deleted client {client_id}"] if name == "delete" else client_lines(facts)
         emit(facts, as_json, lines)
 
 
-_client_command("show", "Show one client.", lambda r, cid: r.get(cid))
+_client_command("show", "Show one client.", lambda admin, cid: admin.show_client(cid))
 _client_command(
     "disable",
     "Stop a client getting tokens.",
-    lambda r, cid: r.set_enabled(cid, False, actor=operator()),
+    lambda admin, cid: admin.update_client(cid, enabled=False),
 )
 _client_command(
     "enable",
     "Let a disabled client get tokens again.",
-    lambda r, cid: r.set_enabled(cid, True, actor=operator()),
+    lambda admin, cid: admin.update_client(cid, enabled=True),
 )
-_client_command(
-    "delete", "Delete a client for good.", lambda r, cid: r.delete(cid, actor=operator())
-)
+_client_command("delete", "Delete a client for good.", lambda admin, cid: admin.delete_client(cid))
 
 
 @clients.command("update")
@@ -222,20 +215,11 @@ def clients_update(
     """Change a client's name, scopes, audiences or token lifetime (its secret stays)."""
     if name is None and scope is None and not audiences and ttl is None:
         fail("nothing to change: give --name, --scope, --audience or --ttl", status=2)
-    settings = load_settings()
-    client = run_db(
-        settings,
-        lambda registry: registry.update(
-            client_id,
-            name=name,
-            scopes=scope,
-            audiences=audiences or None,
-            token_ttl=ttl,
-            max_token_ttl=settings.token_ttl,
-            actor=operator(),
-        ),
+    facts = run(
+        lambda admin: admin.update_client(
+            client_id, name=name, scope=scope, audience=audiences or None, ttl=ttl
+        )
     )
-    facts = client.public_facts()
     emit(facts, as_json, client_lines(facts))
 
 
@@ -251,8 +235,4 @@ def clients_update(
 @click.option("--json", "as_json", is_flag=True)
 def clients_rotate_secret(client_id: str, grace: int, as_json: bool) -> None:
     """Give a client a new secret; the old one works for --grace seconds more."""
-    settings = load_settings()
-    issued = run_db(
-        settings, lambda registry: registry.rotate_secret(client_id, grace, actor=operator())
-    )
-    show_secret(issued, as_json)
+    show_client(run(lambda admin: admin.rotate_secret(client_id, grace)), as_json)

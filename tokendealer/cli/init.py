@@ -17,6 +17,7 @@ from tokendealer.cli.shared import (
     emit,
     load_settings,
     require_key_store_settings,
+    require_local,
     run_keys,
     with_engine,
 )
@@ -32,6 +33,7 @@ def init(as_json: bool) -> None:
     """Create the key set and the database schema (idempotent)."""
 
     settings = load_settings()
+    require_local(settings, "init", "the database and the key store themselves")
     # The database key store lives in the schema: the database comes first there.
     on_database = settings.key_store == "database"
     if on_database:

@@ -5,24 +5,38 @@ directory, or the database). None of them creates a key set (``tokendealer
 init`` and ``serve`` do): without one they fail in one line naming where they
 looked. ``list`` only reads, so it works on a read-only key directory; the
 others write and say so when they cannot.
+
+``list``, ``rotate``, ``prune`` and ``revoke`` are operations of
+:mod:`tokendealer.cli.backend` (here, or at ``--url``) and print only what they
+answer. ``rewrap`` and ``import`` need the key store itself: never remote.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from tokendealer.cli.audit import record_key_event
-from tokendealer.cli.shared import emit, fail, load_settings, run_keys
+from tokendealer.cli.backend import administer, local
+from tokendealer.cli.shared import (
+    emit,
+    fail,
+    load_settings,
+    require_local,
+    run_key_store,
+    warn,
+)
 from tokendealer.config import SIGNING_ALGORITHMS
 from tokendealer.keys.keyset import KeySet
-from tokendealer.keys.schedule import PRUNE_LEEWAY_SECONDS, retired_key_lifetime
+from tokendealer.keys.schedule import PRUNE_LEEWAY_SECONDS
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from tokendealer.keys.store import KeyStorage
 
 
@@ -42,13 +56,16 @@ def key_lines(facts: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def run(operation: Callable[[Any], Awaitable[Any]]) -> Any:
+    """A key operation's answer (``data``), here or at ``--url``."""
+    return administer(load_settings(), "keys", operation).data
+
+
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def keys_list(as_json: bool) -> None:
     """The published keys and their states (public facts only)."""
-    settings = load_settings()
-    keyset = run_keys(settings, lambda store: store.load())
-    facts = [key.facts() for key in keyset.keys]
+    facts = run(lambda admin: admin.list_keys())
     emit(facts, as_json, key_lines(facts))
 
 
@@ -57,31 +74,29 @@ def keys_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def keys_rotate(alg: str | None, as_json: bool) -> None:
     """next -> current (signs now), current -> retired (still published), new next."""
-    settings = load_settings()
-    rotated = run_keys(settings, lambda store: store.rotate(alg or settings.signing_alg))
-    assert rotated is not None  # unconditional: always rotates (or fails)
-    before, after = rotated
-    published_for = (datetime.now(UTC) - before.next.created_at).total_seconds()
-    needed = settings.jwks_max_age + settings.keys_reload_interval
-    if published_for < needed:
-        click.echo(
-            f"warning: the new current key {after.current.kid} was published only "
-            f"{published_for:.0f} s ago, less than TOKENDEALER_JWKS_MAX_AGE + "
-            f"TOKENDEALER_KEYS_RELOAD_INTERVAL ({needed:.0f} s): verifiers that cache the "
-            "JWKS without refetching on an unknown kid may reject its tokens until they refetch",
-            err=True,
-        )
-    facts = [key.facts() for key in after.keys]
-    emit(
-        facts,
-        as_json,
-        [
-            f"rotated: {after.current.kid} signs now, {before.current.kid} retired, "
-            f"{after.next.kid} is the next key",
-            *key_lines(facts),
-        ],
+    facts = run(lambda admin: admin.rotate_keys(alg))
+    emit(facts, as_json, [rotation_line(facts), *key_lines(facts)])
+
+
+def rotation_line(facts: list[dict[str, Any]]) -> str:
+    """What a rotation did, from the key set after it: the key retired last is the one
+    that signed before (the newest ``retired_at``, then ``activated_at``)."""
+
+    def moment(value: str | None) -> datetime:
+        return datetime.fromisoformat((value or "0001-01-01T00:00:00Z").replace("Z", "+00:00"))
+
+    def one(state: str) -> str:
+        return next((f["kid"] for f in facts if f["state"] == state), "-")
+
+    retired = [f for f in facts if f["state"] == "retired"]
+    last = max(
+        retired,
+        key=lambda f: (moment(f["retired_at"]), moment(f["activated_at"])),
+        default={"kid": "-"},
     )
-    record_key_event(settings, "keys.rotate", "key", after.current.kid)
+    return (
+        f"rotated: {one('current')} signs now, {last['kid']} retired, {one('next')} is the next key"
+    )
 
 
 @keys.command("prune")
@@ -95,18 +110,13 @@ def keys_rotate(alg: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def keys_prune(leeway: int, as_json: bool) -> None:
     """Drop retired keys whose tokens can no longer be valid."""
-    settings = load_settings()
-    lifetime = retired_key_lifetime(settings, leeway)
-    removed = run_keys(settings, lambda store: store.prune(lifetime))
-    facts = [key.facts() for key in removed]
+    removed = run(lambda admin: admin.prune_keys(leeway))
     emit(
-        facts,
+        removed,
         as_json,
-        [f"pruned {key.kid} ({key.alg}, retired {key.facts()['retired_at']})" for key in removed]
+        [f"pruned {f['kid']} ({f['alg']}, retired {f['retired_at']})" for f in removed]
         or ["nothing to prune"],
     )
-    if removed:
-        record_key_event(settings, "keys.prune", "key", " ".join(key.kid for key in removed))
 
 
 @keys.command("rewrap")
@@ -118,12 +128,15 @@ def keys_rewrap(as_json: bool) -> None:
     passphrase; keys already under it stay as they are. The kids do not change.
     """
     settings = load_settings()
+    require_local(settings, "keys rewrap")
 
-    async def rewrap(store: KeyStorage) -> tuple[int, int, str]:
+    async def rewrap(store: KeyStorage, engine: AsyncEngine) -> tuple[int, int, str]:
         moved, keyset = await store.rewrap()
+        if moved:
+            await record(settings, engine, store, "keys.rewrap", "keyset", store.where)
         return moved, len(keyset.keys), store.where
 
-    moved, total, where = run_keys(settings, rewrap)
+    moved, total, where = run_key_store(settings, rewrap)
     line = (
         f"rewrapped {moved} of {total} private keys in {where}: "
         "all are now encrypted under TOKENDEALER_KEY_PASSPHRASE"
@@ -132,8 +145,6 @@ def keys_rewrap(as_json: bool) -> None:
         "under TOKENDEALER_KEY_PASSPHRASE"
     )
     emit({"rewrapped": moved, "keys": total, "path": where}, as_json, [line])
-    if moved:
-        record_key_event(settings, "keys.rewrap", "keyset", where)
 
 
 @keys.command("import")
@@ -150,21 +161,34 @@ def keys_import(directory: Path, replace: bool, as_json: bool) -> None:
     from tokendealer.keys.store import read_key_directory
 
     settings = load_settings()
+    require_local(settings, "keys import")
     if settings.key_store == "file" and directory.resolve() == settings.keys_dir.resolve():
         fail(f"{directory} is TOKENDEALER_KEYS_DIR itself: nothing to import")
 
-    async def import_keys(store: KeyStorage) -> tuple[KeySet, str]:
-        keyset = await asyncio.to_thread(read_key_directory, directory, settings)
-        return await store.import_keys(keyset, replace), store.where
+    source = str(directory.absolute())
 
-    keyset, where = run_keys(settings, import_keys)
+    async def import_keys(store: KeyStorage, engine: AsyncEngine) -> tuple[KeySet, str]:
+        keyset = await asyncio.to_thread(read_key_directory, directory, settings)
+        imported = await store.import_keys(keyset, replace)
+        await record(settings, engine, store, "keys.import", "keyset", source)
+        return imported, store.where
+
+    keyset, where = run_key_store(settings, import_keys)
     facts = [key.facts() for key in keyset.keys]
     emit(
         {"imported": len(facts), "into": where, "keys": facts},
         as_json,
         [f"imported {len(facts)} keys from {directory} into {where}", *key_lines(facts)],
     )
-    record_key_event(settings, "keys.import", "keyset", str(directory.absolute()))
+
+
+async def record(
+    settings: Any, engine: AsyncEngine, store: KeyStorage, action: str, kind: str, id_: str
+) -> None:
+    """The audit event of a change made on the store itself (a warning when the database
+    cannot take it: the change stands)."""
+    answer = await local(settings, engine, store).record_key_event(action, kind, id_)
+    warn(answer.warnings)
 
 
 class KidArgumentCommand(click.Command):
@@ -183,15 +207,14 @@ class KidArgumentCommand(click.Command):
 @click.option("--json", "as_json", is_flag=True)
 def keys_revoke(kid: str, as_json: bool) -> None:
     """Unpublish a leaked key at once; it never signs again."""
-    settings = load_settings()
-    revoked, after = run_keys(settings, lambda store: store.revoke(kid, settings.signing_alg))
-    facts = [key.facts() for key in after.keys]
+    answer = run(lambda admin: admin.revoke_key(kid))
+    revoked, facts = answer["revoked"], answer["keys"]
+    current = next((f["kid"] for f in facts if f["state"] == "current"), "-")
     emit(
-        {"revoked": revoked.facts(), "keys": facts},
+        answer,
         as_json,
         [
-            f"revoked {revoked.kid} (was {revoked.state}); now signing with {after.current.kid}",
+            f"revoked {revoked['kid']} (was {revoked['state']}); now signing with {current}",
             *key_lines(facts),
         ],
     )
-    record_key_event(settings, "keys.revoke", "key", revoked.kid)

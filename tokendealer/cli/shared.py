@@ -5,13 +5,19 @@ database, broken key set) ends in one line on stderr and a non-zero status,
 never a traceback.
 
 Only ``init`` and ``serve`` create a database schema or a key set. Every other
-command opens what is there (:func:`run_db`, :func:`run_keys`) and, finding
+command opens what is there (:func:`with_engine` after ``upgrade_existing``,
+:func:`run_keys`) and, finding
 nothing, fails in one line naming where it looked and the setting behind it.
+
+The global ``--url`` option (or ``TOKENDEALER_URL``) is the dealer whose admin API
+the ``clients``, ``keys`` and ``audit`` commands go through instead
+(:mod:`tokendealer.cli.backend`); :func:`load_settings` puts it in ``Settings.url``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -24,9 +30,15 @@ from tokendealer.config import ConfigError, Settings
 from tokendealer.keys.keyset import KeySetError
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from tokendealer.keys.store import KeyStorage
 
 T = TypeVar("T")
+
+
+# Where the root command keeps the global ``--url`` (click's context ``meta``).
+URL_OPTION = "tokendealer.url"
 
 
 def fail(message: str, status: int = 1) -> NoReturn:
@@ -34,11 +46,32 @@ def fail(message: str, status: int = 1) -> NoReturn:
     sys.exit(status)
 
 
+def warn(warnings: Iterable[str]) -> None:
+    """Warnings of a change that was made: one ``warning:`` line each, on stderr."""
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
 def load_settings() -> Settings:
+    """The settings from the environment; ``--url`` (given before the command) wins over
+    ``TOKENDEALER_URL``."""
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as exc:
         fail(str(exc), status=2)
+    context = click.get_current_context(silent=True)
+    url = None if context is None else context.find_root().meta.get(URL_OPTION)
+    return settings if url is None else dataclasses.replace(settings, url=url)
+
+
+def require_local(settings: Settings, command: str, needs: str = "the key store itself") -> None:
+    """Exit 2 when remote mode is on: ``command`` works on the stores, not through the API."""
+    if settings.url is not None:
+        fail(
+            f"{command} needs {needs}; run it on a host with TOKENDEALER_DATABASE_URL and "
+            "the key store settings (without --url/TOKENDEALER_URL)",
+            status=2,
+        )
 
 
 def emit(data: Any, as_json: bool, lines: Iterable[str]) -> None:
@@ -62,21 +95,42 @@ def require_key_store_settings(settings: Settings) -> None:
 def run_keys(settings: Settings, action: Callable[[KeyStorage], Awaitable[T]]) -> T:
     """``action(store)`` on the configured key store (``TOKENDEALER_KEY_STORE``).
 
-    The database store opens the existing database (never creates one, like
-    :func:`run_db`); every failure is one line.
+    The database store opens the existing database (never creates one); every
+    failure is one line.
+    """
+    return run_key_store(settings, lambda store, _engine: action(store))
+
+
+def run_key_store(
+    settings: Settings, action: Callable[[KeyStorage, AsyncEngine], Awaitable[T]]
+) -> T:
+    """:func:`run_keys` with the database's engine too, for the change's audit event.
+
+    With the file store the engine has not opened anything yet: a key command
+    works without a database (its event is then a warning), and is not bound by
+    the database's timeouts.
     """
     from tokendealer.keys.store import open_key_storage
+    from tokendealer.store.database import create_engine
 
     require_key_store_settings(settings)
     try:
         if settings.key_store != "database":
-            return asyncio.run(action(open_key_storage(settings)))
 
-        async def on_database(engine: Any) -> T:
+            async def on_files() -> T:
+                engine = create_engine(settings.database_url, settings.db_timeout)
+                try:
+                    return await action(open_key_storage(settings), engine)
+                finally:
+                    await engine.dispose()
+
+            return asyncio.run(on_files())
+
+        async def on_database(engine: AsyncEngine) -> T:
             from tokendealer.store.database import upgrade_existing
 
             await upgrade_existing(engine)
-            return await action(open_key_storage(settings, engine))
+            return await action(open_key_storage(settings, engine), engine)
 
         return with_engine(settings, on_database)
     except KeySetError as exc:
@@ -114,22 +168,6 @@ def with_engine(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
         fail(str(exc))
     except database_errors() as exc:
         fail(describe_database_error(exc, settings.database_url, settings.db_timeout))
-
-
-def run_db(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action(registry)`` against the existing database, upgraded to the newest schema.
-
-    Never creates one: no SQLite file, or no tokendealer schema, is one line
-    saying to run ``tokendealer init``.
-    """
-    from tokendealer.store.database import upgrade_existing
-    from tokendealer.store.registry import ClientRegistry
-
-    async def upgraded(engine: Any) -> T:
-        await upgrade_existing(engine)
-        return await action(ClientRegistry(engine))
-
-    return with_engine(settings, upgraded)
 
 
 def operator() -> Any:

@@ -12,6 +12,7 @@ from quart import Quart, Response
 
 from tokendealer.config import Settings
 from tokendealer.dealer import (
+    admin,
     authorize,
     discovery,
     errors,
@@ -113,6 +114,8 @@ def create_app(settings: Settings | None = None) -> Quart:
         openapi.blueprint,
     ):
         app.register_blueprint(blueprint)
+    if settings.admin_api:  # TOKENDEALER_ADMIN_API=off: every /admin path is 404
+        admin.register(app, state)
     # Outermost first: Connection: close on every answer while draining; time and
     # count everything (refused answers too); refuse bad heads; read bodies whole,
     # capped per address, before a request counts as in flight; then shed load

@@ -12,7 +12,9 @@ to stderr). Every line has the same keys::
 request was refused: ``reason`` is the RFC 6749 §5.2 code),
 ``authentication_failed`` (``reason``: ``missing_credentials``,
 ``malformed_credentials``, ``unknown_client``, ``wrong_secret``,
-``client_disabled``, or ``rate_limited`` with outcome ``rate_limited``) or
+``client_disabled``, or ``rate_limited`` with outcome ``rate_limited``; on
+endpoint ``admin``, a bearer token's ``missing_token``, ``invalid_token``,
+``token_audience``, ``token_revoked``, ``unknown_client`` or ``client_disabled``) or
 ``token_revoked``. ``kid`` is the key that signed the token of a
 ``token_issued`` line (the token header's ``kid``: which key a leak or a
 rotation touches), null on the other events. ``source`` is the address limits

@@ -125,13 +125,13 @@ async def authenticate_client(
     except MalformedCredentials as exc:
         await _failed(state, endpoint, source, bucket, None, "malformed_credentials", str(exc))
     if credentials is None:
-        _refuse(endpoint, source, None, "missing_credentials")
+        refuse(endpoint, source, None, "missing_credentials")
         raise invalid_client(
             "client authentication required (HTTP Basic, client_secret_post or private_key_jwt)"
         )
     client_id, secret, method = credentials
     if blocked := state.limiter.blocked(client_id, bucket):
-        _rate_limited(endpoint, source, client_id, blocked)
+        rate_limited(endpoint, source, client_id, blocked)
     offered = digest_secret(secret)  # once per request, whichever way it is checked
     if cached and (client := state.clients.granted(client_id, offered)) is not None:
         return Caller(client, method, source)
@@ -141,7 +141,7 @@ async def authenticate_client(
     if client is None:
         await _failed(state, endpoint, source, bucket, client_id, reason)
     if not client.enabled:
-        _refuse(endpoint, source, client_id, "client_disabled")
+        refuse(endpoint, source, client_id, "client_disabled")
         raise OAuthError("unauthorized_client", "this client is disabled")
     return Caller(client, method, source)
 
@@ -175,7 +175,7 @@ async def _authenticate_assertion(
     except AssertionRefused as refused:
         await _failed(state, endpoint, source, bucket, None, refused.reason, refused.description)
     if blocked := state.limiter.blocked(client_id, bucket):
-        _rate_limited(endpoint, source, client_id, blocked)
+        rate_limited(endpoint, source, client_id, blocked)
     find = state.clients.find if cached else state.registry.find
     client = await state.db_call(find(client_id))
     if client is None:
@@ -205,12 +205,13 @@ async def _authenticate_assertion(
             "the store of used assertions is unreachable; retry shortly"
         ) from None
     if not client.enabled:
-        _refuse(endpoint, source, client_id, "client_disabled")
+        refuse(endpoint, source, client_id, "client_disabled")
         raise OAuthError("unauthorized_client", "this client is disabled")
     return Caller(client, "private_key_jwt", source)
 
 
-def _refuse(endpoint: str, source: str, client_id: str | None, reason: str) -> None:
+def refuse(endpoint: str, source: str, client_id: str | None, reason: str) -> None:
+    """A failed authentication, in the metrics and the audit log (the caller answers)."""
     metrics.auth_failure(endpoint, reason)
     audit.record(
         "authentication_failed",
@@ -222,7 +223,8 @@ def _refuse(endpoint: str, source: str, client_id: str | None, reason: str) -> N
     )
 
 
-def _rate_limited(endpoint: str, source: str, client_id: str | None, blocked: Blocked) -> NoReturn:
+def rate_limited(endpoint: str, source: str, client_id: str | None, blocked: Blocked) -> NoReturn:
+    """A source (or client) past its brute-force limit: recorded, then 429 ``slow_down``."""
     metrics.auth_failure(endpoint, "rate_limited")
     audit.record(
         "authentication_failed",
@@ -246,9 +248,9 @@ async def _failed(
 ) -> NoReturn:
     """A failed authentication: counted, logged, and answered 401 (or 429 past a limit)."""
     if client_id is None and (blocked := state.limiter.blocked(None, bucket)):
-        _rate_limited(endpoint, source, None, blocked)
+        rate_limited(endpoint, source, None, blocked)
     if refused := await state.limiter.failed(client_id, bucket):
-        _rate_limited(endpoint, source, client_id, refused)
+        rate_limited(endpoint, source, client_id, refused)
     known = reason != "unknown_client"  # a registered id is no secret, whatever its shape
-    _refuse(endpoint, source, client_id if known else audit.presented_client_id(client_id), reason)
+    refuse(endpoint, source, client_id if known else audit.presented_client_id(client_id), reason)
     raise invalid_client(description)

@@ -182,7 +182,8 @@ def instrument(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_noting_status)
         finally:
-            endpoint = ENDPOINTS.get(scope.get("path", ""), "other")
+            path = scope.get("path", "")
+            endpoint = ENDPOINTS.get(path) or ("admin" if path.startswith("/admin/") else "other")
             _child(REQUEST_DURATION, endpoint).observe(time.perf_counter() - start)
             _child(RESPONSES, endpoint, str(status)).inc()
 

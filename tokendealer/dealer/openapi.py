@@ -2,7 +2,8 @@
 
 Written by hand to match the code (the test suite runs schemathesis against
 it and checks that status codes, content types and bodies agree with what
-the dealer answers). ``servers`` is the configured issuer.
+the dealer answers). ``servers`` is the configured issuer. The admin API
+(``/admin``) is described only where it is served (``TOKENDEALER_ADMIN_API``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from typing import Any
 from quart import Blueprint, Response, current_app
 
 from tokendealer import __version__
+from tokendealer.admin.operations import MAX_PAGE
+from tokendealer.dealer.admin import bodies
+from tokendealer.dealer.admin.audit import MAX_PAGE as MAX_EVENTS
+from tokendealer.dealer.admin.guard import ADMIN, READ, REALM
 from tokendealer.dealer.state import dealer_state
+from tokendealer.keys.schedule import PRUNE_LEEWAY_SECONDS
 
 blueprint = Blueprint("openapi", __name__)
 
@@ -381,9 +387,481 @@ def _paths() -> dict[str, Any]:
     }
 
 
+# -- the admin API (issue 17) ----------------------------------------------------------------
+
+ADMIN_SECURITY = [{"bearer": []}]
+NULLABLE_STRING = {"type": "string", "nullable": True}
+
+
+def _admin_schemas(token_ttl: int) -> dict[str, Any]:
+    """Bodies and answers of ``/admin``: the CLI's ``--json`` shapes."""
+    audience = {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": bodies.MAX_AUDIENCES,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": bodies.MAX_AUDIENCE,
+            "pattern": "^\\S+$",
+        },
+        "description": "At least one audience: printable, without spaces.",
+    }
+    ttl = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": token_ttl,
+        "description": "Lifetime of the client's tokens in seconds, at most TOKENDEALER_TOKEN_TTL.",
+    }
+    scope = {
+        "type": "string",
+        "maxLength": bodies.MAX_SCOPE,
+        "description": 'Space-separated scopes (RFC 6749 §3.3), e.g. "read write"; "" for none.',
+    }
+    name = {"type": "string", "minLength": 1, "maxLength": 200}
+    jwks = {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {"keys": {"type": "array", "items": {"type": "object"}}},
+        "description": "RFC 7517 §5 JWK Set of the client's public keys (private_key_jwt).",
+    }
+    jwks_uri = {
+        "type": "string",
+        "maxLength": 2000,
+        "description": "An https:// URL of the client's JWK Set (private_key_jwt).",
+    }
+    seconds = {"type": "integer", "minimum": 0, "maximum": bodies.MAX_SECONDS}
+    return {
+        "AdminError": {
+            "type": "object",
+            "description": (
+                "`error` and a one-line `error_description`; for a bad body or query "
+                "(`invalid_request`) the description starts with the field at fault."
+            ),
+            "required": ["error", "error_description"],
+            "properties": {
+                "error": {"type": "string"},
+                "error_description": {"type": "string"},
+            },
+        },
+        "Client": {
+            "type": "object",
+            "description": (
+                "A client as `clients show --json` shows it; `client_secret` only in the "
+                "answer that made the secret (create, rotate-secret), `deleted` after a delete."
+            ),
+            "required": [
+                "client_id",
+                "name",
+                "scope",
+                "audience",
+                "enabled",
+                "token_endpoint_auth_method",
+            ],
+            "properties": {
+                "client_id": {"type": "string"},
+                "name": {"type": "string"},
+                "scope": {"type": "string"},
+                "audience": {"type": "array", "items": {"type": "string"}},
+                "token_ttl": {"type": "integer", "nullable": True},
+                "enabled": {"type": "boolean"},
+                "created_at": NULLABLE_STRING,
+                "updated_at": NULLABLE_STRING,
+                "token_endpoint_auth_method": {
+                    "type": "string",
+                    "enum": ["client_secret_basic", "private_key_jwt"],
+                },
+                "jwks": {"type": "object"},
+                "jwks_uri": {"type": "string"},
+                "previous_secret_valid_until": NULLABLE_STRING,
+                "client_secret": {"type": "string"},
+                "deleted": {"type": "boolean"},
+            },
+        },
+        "Key": {
+            "type": "object",
+            "description": "A signing key as `keys list --json` shows it (never private).",
+            "required": ["kid", "alg", "state", "created_at"],
+            "properties": {
+                "kid": {"type": "string"},
+                "alg": {"type": "string"},
+                "state": {"type": "string", "enum": ["next", "current", "retired"]},
+                "created_at": {"type": "string"},
+                "activated_at": NULLABLE_STRING,
+                "retired_at": NULLABLE_STRING,
+            },
+        },
+        "RevokedKey": {
+            "type": "object",
+            "required": ["revoked", "keys"],
+            "properties": {
+                "revoked": {"$ref": "#/components/schemas/Key"},
+                "keys": {"type": "array", "items": {"$ref": "#/components/schemas/Key"}},
+            },
+        },
+        "AuditEvent": {
+            "type": "object",
+            "description": "One administrative change, or a refused attempt at one.",
+            "required": ["time", "action", "object", "actor", "outcome"],
+            "properties": {
+                "time": {"type": "string"},
+                "action": {"type": "string"},
+                "object": {
+                    "type": "object",
+                    "properties": {"type": {"type": "string"}, "id": NULLABLE_STRING},
+                },
+                "actor": {
+                    "type": "object",
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["cli", "client", "dealer"]},
+                        "id": NULLABLE_STRING,
+                        "user": NULLABLE_STRING,
+                        "host": NULLABLE_STRING,
+                        "source": NULLABLE_STRING,
+                    },
+                },
+                "outcome": {"type": "string", "enum": ["done", "refused"]},
+                "reason": NULLABLE_STRING,
+            },
+        },
+        "ClientCreate": {
+            "type": "object",
+            "description": "A null optional field counts as absent. With jwks or jwks_uri "
+            "(not both) the client authenticates with private_key_jwt and has no secret.",
+            "required": ["name", "audience"],
+            "additionalProperties": False,
+            "properties": {
+                "name": name,
+                "scope": {**scope, "nullable": True},
+                "audience": audience,
+                "ttl": {**ttl, "nullable": True},
+                "jwks": {**jwks, "nullable": True},
+                "jwks_uri": {**jwks_uri, "nullable": True},
+            },
+        },
+        "ClientChange": {
+            "type": "object",
+            "description": "What to change; at least one field, none null.",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "name": name,
+                "scope": scope,
+                "audience": audience,
+                "ttl": ttl,
+                "jwks": jwks,
+                "jwks_uri": jwks_uri,
+            },
+        },
+        "SecretRotation": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "grace": {
+                    **seconds,
+                    "description": "Seconds the old secret keeps working (default 0).",
+                }
+            },
+        },
+        "KeyRotation": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "alg": {
+                    "type": "string",
+                    "enum": list(bodies.SIGNING_ALGORITHMS),
+                    "description": "Of the new next key; TOKENDEALER_SIGNING_ALG by default.",
+                }
+            },
+        },
+        "KeyPruning": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "leeway": {
+                    **seconds,
+                    "description": (
+                        "Seconds past TOKENDEALER_TOKEN_TTL a retired key stays "
+                        f"(default {PRUNE_LEEWAY_SECONDS})."
+                    ),
+                }
+            },
+        },
+    }
+
+
+ADMIN_NO_STORE = {"Cache-Control": _header("`no-store`: administrative answers are never cached.")}
+WARNINGS = {
+    "Tokendealer-Warning": _header(
+        "One header per warning about a change that was made (e.g. a key rotated sooner "
+        "than verifiers may have fetched the new key)."
+    )
+}
+ETAG = {"ETag": _header('The client\'s version, `"v<n>"`: send it in If-Match to change it.')}
+NEXT_PAGE = {"Link": _header('`<URL>; rel="next"`: the next page (RFC 8288), when there is one.')}
+
+
+def _admin_json(schema: dict[str, Any], description: str, **headers: Any) -> Any:
+    return _json(schema, description, {**ADMIN_NO_STORE, **headers})
+
+
+def _admin_errors(*, body: bool = False, lookup: bool = False) -> dict[str, Any]:
+    """What any admin request may be answered besides its success."""
+    error = _ref("AdminError")
+    answers: dict[str, Any] = {
+        "400": _admin_json(error, "`invalid_request`: the field at fault comes first."),
+        "401": _admin_json(
+            error,
+            "No token (a bare challenge) or `invalid_token`: not this dealer's, not for it "
+            "alone, expired, revoked, or from a disabled or deleted client.",
+            **{"WWW-Authenticate": _header(f'`Bearer realm="{REALM}"`, and `error` when bad.')},
+        ),
+        "403": _admin_json(
+            error,
+            f"`insufficient_scope`: a change needs {ADMIN}.",
+            **{"WWW-Authenticate": _header("`Bearer` with `error` and `scope`.")},
+        ),
+        "429": _admin_json(
+            error,
+            "`slow_down`: too many failed authentications from this source.",
+            **RETRY_AFTER,
+        ),
+        "503": _admin_json(
+            error, "`temporarily_unavailable`: the database did not answer.", **RETRY_AFTER
+        ),
+    }
+    if body:
+        answers["413"] = _admin_json(error, "The body is too large.")
+    if lookup:
+        answers["404"] = _admin_json(error, "`not_found`: no such client or key.")
+    return answers
+
+
+def _admin_body(schema: str, *, required: bool) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def _path(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _operation(
+    operation_id: str, summary: str, responses: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["admin"],
+        "security": ADMIN_SECURITY,
+        "responses": responses,
+        **extra,
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    """Every ``/admin`` endpoint (see :mod:`tokendealer.dealer.admin`)."""
+    client, key = _ref("Client"), _ref("Key")
+    clients, keys = {"type": "array", "items": client}, {"type": "array", "items": key}
+    cursor = _query(
+        "cursor",
+        {"type": "string", "minLength": 1, "maxLength": 1000},
+        'From a `Link: rel="next"`: where the previous page ended.',
+    )
+    client_id = [_path("client_id")]
+    return {
+        "/admin/clients": {
+            "get": _operation(
+                "admin_list_clients",
+                f"List clients, oldest first (needs {READ})",
+                {
+                    "200": _admin_json(clients, "A page of clients.", **NEXT_PAGE),
+                    **_admin_errors(),
+                },
+                parameters=[
+                    _query("enabled", {"type": "string", "enum": ["true", "false"]}, "Only these."),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                        "Clients per page (default 100).",
+                    ),
+                    cursor,
+                ],
+            ),
+            "post": _operation(
+                "admin_create_client",
+                f"Create a client (needs {ADMIN})",
+                {
+                    "201": _admin_json(
+                        client,
+                        "The client and its secret, shown this once.",
+                        **ETAG,
+                        Location=_header("`/admin/clients/{id}`."),
+                    ),
+                    **_admin_errors(body=True),
+                },
+                requestBody=_admin_body("ClientCreate", required=True),
+            ),
+        },
+        "/admin/clients/{client_id}": {
+            "get": _operation(
+                "admin_show_client",
+                f"Show a client (needs {READ})",
+                {"200": _admin_json(client, "The client.", **ETAG), **_admin_errors(lookup=True)},
+                parameters=client_id,
+            ),
+            "patch": _operation(
+                "admin_update_client",
+                f"Change a client (needs {ADMIN})",
+                {
+                    "200": _admin_json(client, "The client as it is now.", **ETAG),
+                    "412": _admin_json(
+                        _ref("AdminError"),
+                        "`precondition_failed`: the client is no longer at the If-Match version.",
+                    ),
+                    **_admin_errors(body=True, lookup=True),
+                },
+                parameters=[
+                    *client_id,
+                    {
+                        "name": "If-Match",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "An ETag of the client: change it only at that version.",
+                    },
+                ],
+                requestBody=_admin_body("ClientChange", required=True),
+            ),
+            "delete": _operation(
+                "admin_delete_client",
+                f"Delete a client (needs {ADMIN})",
+                {
+                    "200": _admin_json(client, "The client as it was, with `deleted: true`."),
+                    **_admin_errors(lookup=True),
+                },
+                parameters=client_id,
+            ),
+        },
+        "/admin/clients/{client_id}/rotate-secret": {
+            "post": _operation(
+                "admin_rotate_secret",
+                f"Give a client a new secret (needs {ADMIN})",
+                {
+                    "200": _admin_json(client, "The client and its new secret.", **ETAG),
+                    **_admin_errors(body=True, lookup=True),
+                },
+                parameters=client_id,
+                requestBody=_admin_body("SecretRotation", required=False),
+            ),
+        },
+        "/admin/keys": {
+            "get": _operation(
+                "admin_list_keys",
+                f"List the signing keys (needs {READ})",
+                {"200": _admin_json(keys, "Every key: next, current, retired."), **_admin_errors()},
+            ),
+        },
+        "/admin/keys/rotate": {
+            "post": _operation(
+                "admin_rotate_keys",
+                f"Rotate: next signs, current retires, a new next (needs {ADMIN})",
+                {
+                    "200": _admin_json(keys, "The keys after the rotation.", **WARNINGS),
+                    **_admin_errors(body=True),
+                },
+                requestBody=_admin_body("KeyRotation", required=False),
+            ),
+        },
+        "/admin/keys/prune": {
+            "post": _operation(
+                "admin_prune_keys",
+                f"Drop retired keys whose tokens can no longer be valid (needs {ADMIN})",
+                {
+                    "200": _admin_json(keys, "The keys dropped.", **WARNINGS),
+                    **_admin_errors(body=True),
+                },
+                requestBody=_admin_body("KeyPruning", required=False),
+            ),
+        },
+        "/admin/keys/{kid}/revoke": {
+            "post": _operation(
+                "admin_revoke_key",
+                f"Unpublish a (leaked) key at once, whatever its state (needs {ADMIN})",
+                {
+                    "200": _admin_json(
+                        _ref("RevokedKey"), "The key revoked, and the keys left.", **WARNINGS
+                    ),
+                    **_admin_errors(lookup=True),
+                },
+                parameters=[_path("kid")],
+            ),
+        },
+        "/admin/audit": {
+            "get": _operation(
+                "admin_audit",
+                f"The administrative audit events, newest first (needs {READ})",
+                {
+                    "200": _admin_json(
+                        {"type": "array", "items": _ref("AuditEvent")},
+                        "A page of events.",
+                        **NEXT_PAGE,
+                    ),
+                    **_admin_errors(),
+                },
+                parameters=[
+                    _query(
+                        "since",
+                        {"type": "string"},
+                        "An ISO 8601 time (UTC without an offset): no older events.",
+                    ),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS},
+                        "Events per page (default 100).",
+                    ),
+                    cursor,
+                ],
+            ),
+        },
+    }
+
+
 @lru_cache(maxsize=8)
-def document(issuer: str) -> bytes:
-    """The OpenAPI document for a dealer at ``issuer``, rendered once."""
+def document(issuer: str, admin_api: bool = False, token_ttl: int = 900) -> bytes:
+    """The OpenAPI document for a dealer at ``issuer``, rendered once; with its admin API
+    when it serves one (``token_ttl``: the longest token lifetime a client may have)."""
+    paths, schemas = _paths(), SCHEMAS
+    schemes: dict[str, Any] = {
+        "client_secret_basic": {
+            "type": "http",
+            "scheme": "basic",
+            "description": "RFC 6749 §2.3.1: id and secret form-url-encoded, then Basic.",
+        }
+    }
+    if admin_api:
+        paths = {**paths, **_admin_paths()}
+        schemas = {**schemas, **_admin_schemas(token_ttl)}
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": (
+                "RFC 6750: an access token of this dealer (RFC 9068) whose aud is exactly "
+                f"the issuer, from an enabled client, with the scope {READ} (reads) or "
+                f"{ADMIN} (everything)."
+            ),
+        }
     spec = {
         "openapi": "3.0.3",
         "info": {
@@ -395,22 +873,15 @@ def document(issuer: str) -> bytes:
             ),
         },
         "servers": [{"url": issuer}],
-        "paths": _paths(),
-        "components": {
-            "schemas": SCHEMAS,
-            "securitySchemes": {
-                "client_secret_basic": {
-                    "type": "http",
-                    "scheme": "basic",
-                    "description": "RFC 6749 §2.3.1: id and secret form-url-encoded, then Basic.",
-                }
-            },
-        },
+        "paths": paths,
+        "components": {"schemas": schemas, "securitySchemes": schemes},
     }
     return json.dumps(spec, indent=1).encode()
 
 
 @blueprint.get("/openapi.json")
 async def openapi_json() -> Response:
-    issuer = dealer_state(current_app).settings.issuer
-    return Response(document(issuer), content_type=JSON)
+    settings = dealer_state(current_app).settings
+    return Response(
+        document(settings.issuer, settings.admin_api, settings.token_ttl), content_type=JSON
+    )

@@ -13,7 +13,6 @@ same functions.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit
 
 from hypercorn.config import Sockets
 
-from tokendealer.config import SETTING_NAMES, ConfigError, Settings, redact
+from tokendealer.config import SETTING_NAMES, ConfigError, Settings, is_loopback, redact
 from tokendealer.keys.keyset import KeySet
 from tokendealer.serve.supervisor import StartupError
 
@@ -193,15 +192,6 @@ def issuer_mismatch(issuer: str, options: ServeOptions, port: int) -> str | None
         f"name an issuer that verifiers will not reach; set "
         f"TOKENDEALER_ISSUER={scheme}://{named}:{port}"
     )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -75,6 +75,11 @@ class ClientCache:
         UNKNOWN_CLIENT.digest_matches(offered)
         return None
 
+    def forget(self, client_id: str) -> None:
+        """Drop this worker's copy (a change made here, through the admin API, applies here
+        at once; other workers follow within the TTL)."""
+        self._entries.pop(client_id, None)
+
     async def find(self, client_id: str) -> Client | None:
         """The client as the database has it now (and cached), or None."""
         loading = self._loading.get(client_id)

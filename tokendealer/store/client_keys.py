@@ -17,7 +17,6 @@ A ``jwks_uri`` is https, or http on a loopback address (a local test set-up).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,8 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
+
+from tokendealer.config import is_loopback
 
 MAX_KEYS = 10
 MAX_JWKS_BYTES = 64 * 1024
@@ -119,12 +120,3 @@ def check_jwks_uri(uri: str) -> str:
             "a jwks_uri is https (http only on a loopback address, for local tests)"
         )
     return uri
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, Text, select
+from sqlalchemy import JSON, Boolean, Integer, String, Text, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm.exc import StaleDataError
 
 from tokendealer.store.admin_events import Actor, AdminEvents
 from tokendealer.store.client_keys import ClientKeyError, check_jwks, check_jwks_uri
@@ -50,6 +51,15 @@ class ClientError(Exception):
 
 class UnknownClientError(ClientError):
     """No client has the given id."""
+
+
+class StaleClientError(ClientError):
+    """The client changed since the version the caller named (HTTP ``If-Match``)."""
+
+
+# How often a change is retried when another one committed between its read and its
+# write (SQLite takes no row lock); each retry reads the client afresh.
+CHANGE_ATTEMPTS = 5
 
 
 def digest_secret(secret: str) -> str:
@@ -126,6 +136,15 @@ class Client(Base):
     auth_method: Mapped[str] = mapped_column(String(32), default=SECRET_METHOD)
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     jwks_uri: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Counts the changes: every UPDATE and DELETE says ``WHERE version = <the one read>``
+    # (SQLAlchemy's version counter), so two concurrent changes never lose one; it is
+    # the client's HTTP ``ETag`` in the admin API.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def etag(self) -> str:
+        return f'"v{self.version}"'
 
     @property
     def uses_keys(self) -> bool:
@@ -212,17 +231,36 @@ class ClientRegistry:
         change: Callable[[AsyncSession], Awaitable[Client]],
     ) -> Client:
         """Run ``change`` in one transaction with its audit event (when ``actor`` is given);
-        a refused change (:class:`ClientError`) is recorded as refused, then raised."""
+        a refused change (:class:`ClientError`) is recorded as refused, then raised.
+
+        A change that lost a race (another one committed between its read and its
+        write) runs again on the fresh record, unless ``change`` named the version
+        it expects: then the race is :class:`StaleClientError`.
+        """
         try:
-            async with self.sessions.begin() as session:
-                client = await change(session)
-                if actor is not None:
-                    self.events.add(session, action, "client", client.client_id, actor)
+            for attempt in range(1, CHANGE_ATTEMPTS + 1):
+                try:
+                    async with self.sessions.begin() as session:
+                        if self.engine.dialect.name == "sqlite":
+                            # Python's sqlite3 reads outside a transaction until the first
+                            # write: take the write lock first, so the change reads what it
+                            # overwrites (PostgreSQL's row lock, SELECT ... FOR UPDATE).
+                            connection = await session.connection()
+                            await connection.exec_driver_sql("BEGIN IMMEDIATE")
+                        client = await change(session)
+                        if actor is not None:
+                            self.events.add(session, action, "client", client.client_id, actor)
+                    return client
+                except StaleDataError:
+                    if getattr(change, "expects_version", False) or attempt == CHANGE_ATTEMPTS:
+                        raise StaleClientError(
+                            f"client {client_id!r} was changed meanwhile; read it again"
+                        ) from None
+            raise AssertionError("unreachable")
         except ClientError as exc:
             if actor is not None:
                 await self.events.record(action, "client", client_id, actor, "refused", str(exc))
             raise
-        return client
 
     async def create(
         self,
@@ -281,10 +319,7 @@ class ClientRegistry:
             if not keys:
                 raise ClientError("set-keys needs --jwks FILE or --jwks-uri URL")
             client = await self._locked(session, client_id)
-            client.auth_method = KEY_METHOD
-            client.jwks, client.jwks_uri = keys["jwks"], keys["jwks_uri"]
-            client.secret_digest = NO_SECRET
-            client.previous_secret_digest = client.previous_secret_expires_at = None
+            _use_keys(client, keys)
             client.updated_at = _now()
             return client
 
@@ -304,12 +339,29 @@ class ClientRegistry:
         async with self.sessions() as session:
             return await session.get(Client, client_id)
 
-    async def list(self) -> list[Client]:
-        async with self.sessions() as session:
-            result = await session.scalars(
-                select(Client).order_by(Client.created_at, Client.client_id)
+    async def list(
+        self,
+        enabled: bool | None = None,
+        limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Client]:
+        """Oldest first; ``enabled``: only those; ``after``: past this (created_at, id),
+        the last one of the previous page."""
+        query = select(Client).order_by(Client.created_at, Client.client_id)
+        if enabled is not None:
+            query = query.where(Client.enabled.is_(enabled))
+        if after is not None:
+            created, last_id = after
+            query = query.where(
+                or_(
+                    Client.created_at > created,
+                    and_(Client.created_at == created, Client.client_id > last_id),
+                )
             )
-            return list(result)
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.sessions() as session:
+            return list(await session.scalars(query))
 
     async def set_enabled(
         self, client_id: str, enabled: bool, actor: Actor | None = None
@@ -332,9 +384,21 @@ class ClientRegistry:
         audiences: Sequence[str] | None = None,
         token_ttl: int | None = None,
         max_token_ttl: int | None = None,
+        enabled: bool | None = None,
+        jwks: Any = None,
+        jwks_uri: str | None = None,
+        expected_version: int | None = None,
         actor: Actor | None = None,
     ) -> Client:
-        """Change what is given (None: unchanged), checked as :meth:`create` checks it."""
+        """Change what is given (None: unchanged), checked as :meth:`create` checks it.
+
+        ``jwks`` or ``jwks_uri`` replace the keys as :meth:`set_keys` does;
+        ``expected_version``: refuse with :class:`StaleClientError` unless the client
+        is still at that version (HTTP ``If-Match``). The audit action says what
+        changed: ``clients.enable``/``disable`` or ``clients.set-keys`` when that is
+        all, else ``clients.update``.
+        """
+        new_keys = _client_keys(jwks, jwks_uri)
 
         async def change(session: AsyncSession) -> Client:
             new_name = None if name is None else check_name(name)
@@ -342,6 +406,8 @@ class ClientRegistry:
             new_audiences = None if audiences is None else _check_audiences(audiences)
             new_ttl = check_token_ttl(token_ttl, max_token_ttl)
             client = await self._locked(session, client_id)
+            if expected_version is not None and client.version != expected_version:
+                raise StaleClientError(f"client {client_id!r} is no longer at that version")
             if new_name is not None:
                 client.name = new_name
             if new_scopes is not None:
@@ -350,10 +416,29 @@ class ClientRegistry:
                 client.audiences = new_audiences
             if new_ttl is not None:
                 client.token_ttl = new_ttl
+            if enabled is not None:
+                client.enabled = enabled
+            if new_keys is not None:
+                _use_keys(client, new_keys)
             client.updated_at = _now()
             return client
 
-        return await self._change("clients.update", client_id, actor, change)
+        change.expects_version = expected_version is not None  # type: ignore[attr-defined]
+        fields = {
+            "name": name,
+            "scope": scopes,
+            "audience": audiences,
+            "ttl": token_ttl,
+            "keys": new_keys,
+        }
+        changed = {field for field, value in fields.items() if value is not None}
+        if enabled is not None and not changed:
+            action = "clients.enable" if enabled else "clients.disable"
+        elif changed == {"keys"} and enabled is None:
+            action = "clients.set-keys"
+        else:
+            action = "clients.update"
+        return await self._change(action, client_id, actor, change)
 
     async def delete(self, client_id: str, actor: Actor | None = None) -> Client:
         async def remove(session: AsyncSession) -> Client:
@@ -452,6 +537,14 @@ def _client_keys(jwks: Any, jwks_uri: str | None) -> dict[str, Any] | None:
     except ClientKeyError as exc:
         raise ClientError(str(exc)) from None
     return None
+
+
+def _use_keys(client: Client, keys: dict[str, Any]) -> None:
+    """The client authenticates with private_key_jwt from now on: no secret works."""
+    client.auth_method = KEY_METHOD
+    client.jwks, client.jwks_uri = keys["jwks"], keys["jwks_uri"]
+    client.secret_digest = NO_SECRET
+    client.previous_secret_digest = client.previous_secret_expires_at = None
 
 
 def _check_audiences(audiences: Sequence[str]) -> list[str]:

@@ -40,6 +40,11 @@ When a key cannot be had (``key_for``):
   (whether this caller's refetch or, within the cooldown, the one before). The
   token could not be checked; ``retry_after`` says when the next fetch may
   start (``seconds_to_next_fetch``).
+
+Given keys (``use``): code that holds the issuer's keys itself (the dealer checking
+its own tokens at ``/admin``) hands them over as a JWK Set. From then on the cache
+never fetches: a known kid is answered, any other is ``UnknownKey``, and the set
+changes only by the next ``use``.
 """
 
 from __future__ import annotations
@@ -223,6 +228,16 @@ class JWKSCache:
         self._last_miss_fetch = -float("inf")
         self._last_fetch_failed = False  # the latest fetch (scheduled or not) failed
         self._inflight: asyncio.Task[None] | None = None
+        self.given = False  # keys handed over by ``use``: never fetched
+
+    def use(self, jwks: Any) -> None:
+        """Verify with exactly these keys (an RFC 7517 §5 JWK Set) and never fetch.
+
+        Raises ValueError when no entry is usable; the keys held before stay then.
+        """
+        keys = parse_jwks(jwks, self.algorithms)
+        self.keys, self.given, self._last_fetch_failed = keys, True, False
+        self._next_refresh = math.inf
 
     async def aclose(self) -> None:
         """Stop a running fetch and close the HTTP client if we opened it."""
@@ -252,6 +267,8 @@ class JWKSCache:
         key = self.known(kid)
         if key is not None:
             return key
+        if self.given:
+            raise UnknownKey(f"kid {kid!r} is not one of the given keys")
         now = time.monotonic()
         if self._inflight is not None:  # share the fetch in flight
             await asyncio.wait({self._inflight})
@@ -282,9 +299,11 @@ class JWKSCache:
     async def refresh(self) -> bool:
         """Fetch the JWKS now (sharing a fetch in flight); True if keys are loaded.
 
-        Never raises: failures are logged and the cached keys stay.
+        Never raises: failures are logged and the cached keys stay. Given keys
+        (``use``) are not fetched.
         """
-        await asyncio.wait({self._start_refresh()})
+        if not self.given:
+            await asyncio.wait({self._start_refresh()})
         return bool(self.keys)
 
     def _start_refresh(self) -> asyncio.Task[None]:

@@ -162,7 +162,9 @@ class TokenVerifier:
     concurrent callers; a failed fetch keeps the last good keys. A token whose
     key cannot be had because fetches fail (no keys yet, or an unknown ``kid``
     while the JWKS cannot be fetched) raises ``KeysUnavailable``, not
-    ``InvalidToken``. The details are in ``tokendealer.verify._jwks``.
+    ``InvalidToken``. The details are in ``tokendealer.verify._jwks``. Code that
+    holds the issuer's keys itself gives them with ``use_keys(jwks)`` instead:
+    then nothing is fetched.
 
     ``issuer`` is normalised as the dealer normalises its own (trailing slashes
     stripped), then compared exactly with ``iss``.
@@ -262,6 +264,16 @@ class TokenVerifier:
         Never raises: failures are logged and the cached keys stay.
         """
         return await self._jwks.refresh()
+
+    def use_keys(self, jwks: Mapping[str, Any]) -> None:
+        """Verify with exactly these keys (an RFC 7517 §5 JWK Set) from now on; never fetch.
+
+        For code that holds the issuer's public keys itself, such as the dealer
+        checking its own tokens at ``/admin``: no HTTP call to itself. Call it
+        again when the set changes; a cached token whose key is no longer given
+        is refused at once. Raises ValueError when no key of the set is usable.
+        """
+        self._jwks.use(jwks)
 
     @property
     def jwks_url(self) -> str | None:
