@@ -19,21 +19,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from schemathesis import GenerationMode, checks
+from schemathesis import GenerationMode
 
 from tests.conftest import DealerServer, fuzzed_dealer
 from tests.support.admin import READ, AdminAPI, bearer
+from tests.support.fuzzing import CHECKS
 
 EXAMPLES = 80  # per generation mode, spread over the admin operations
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_headers_conformance,
-    checks.response_schema_conformance,
-    checks.negative_data_rejection,
-    checks.allow_header_conformance,
-]
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from schemathesis import GenerationMode, checks
+from schemathesis import GenerationMode
 
 from tests.conftest import DealerServer, fuzzed_dealer
+from tests.support.fuzzing import CHECKS
 
 EXAMPLES = 80  # per generation mode, spread over the operations
 
@@ -70,19 +71,6 @@ def test_the_document_is_valid_openapi_3(live_dealer: DealerServer, dealer_schem
         ("/openapi.json", "GET"),
     }
 
-
-# Everything the document promises about an answer. Left out: positive_data_acceptance
-# (a schema-valid request may still ask for a scope or audience the client lacks:
-# RFC 6749 refuses it with 400, and no schema can know the client's grants).
-CHECKS = [
-    checks.not_a_server_error,
-    checks.status_code_conformance,
-    checks.content_type_conformance,
-    checks.response_headers_conformance,
-    checks.response_schema_conformance,
-    checks.negative_data_rejection,
-    checks.allow_header_conformance,
-]
 
 # schemathesis's own pytest plugin (``schema.parametrize``) does not run on pytest 9
 # yet, so its strategies are drawn from inside an ordinary hypothesis test.
