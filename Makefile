@@ -13,7 +13,7 @@ UV_VERSION := 0.13.9
 LOCK_COMMAND := uv pip compile pyproject.toml --universal --python-version 3.11 \
 	--generate-hashes --quiet -o $(LOCK)
 
-.PHONY: run test lint format clean bench bench-smoke bench-scaleout bench-keypoll bench-auth lock
+.PHONY: run test lint format clean bench bench-smoke bench-scaleout bench-keypoll bench-auth bench-revocation lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,10 @@ bench-scaleout: $(VENV)/.installed-test
 # Token rate by client authentication: secret vs private_key_jwt (jtis in SQLite or Redis).
 bench-auth: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.client_auth $(BENCH_ARGS)
+
+# Seconds from a revocation (revoke, disable, delete) to a service's first 401 (issue 18).
+bench-revocation: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.revocation_reach $(BENCH_ARGS)
 
 # The database key store's polling (needs PostgreSQL: TOKENDEALER_TEST_DATABASE_URL).
 bench-keypoll: $(VENV)/.installed-test

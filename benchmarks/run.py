@@ -53,7 +53,16 @@ RATIO_TARGETS = [
     ("dealer ES256", "baseline", 0.80),
     ("dealer EdDSA", "baseline", 0.80),
     ("protected", "unprotected", 0.90),
+    # Issue 18: what status lists cost issuance and a protected endpoint.
+    ("dealer RS256", "dealer RS256 without status lists", 0.95),
+    ("protected", "protected without status checks", 0.95),
 ]
+WITHOUT_STATUS = "benchmarks.dealer_without_status:app"
+SERVICES = {  # name -> environment of benchmarks.service
+    "protected": {"BENCH_PROTECTED": "1"},
+    "protected without status checks": {"BENCH_PROTECTED": "1", "BENCH_CHECK_STATUS": "0"},
+    "unprotected": {"BENCH_PROTECTED": "0"},
+}
 RSS_GROWTH_LIMIT = 0.10
 
 
@@ -159,6 +168,10 @@ def servers(workdir: Path, options: Options) -> Iterator[dict[str, t.Server]]:
             futures["baseline"] = pool.submit(
                 t.start_app, "baseline", "benchmarks.baseline:app", workdir, cpu, {}
             )
+            main_alg = options.algs[0]
+            futures[f"dealer {main_alg} without status lists"] = pool.submit(
+                t.start_dealer, main_alg, workdir, cpu, application=WITHOUT_STATUS
+            )
             errors = []
             for name, future in futures.items():
                 try:
@@ -174,7 +187,7 @@ def servers(workdir: Path, options: Options) -> Iterator[dict[str, t.Server]]:
             "BENCH_CLIENT_ID": dealer.client_id or "",
         }
         log("starting the consuming services")
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(3) as pool:
             futures = {
                 name: pool.submit(
                     t.start_app,
@@ -182,9 +195,9 @@ def servers(workdir: Path, options: Options) -> Iterator[dict[str, t.Server]]:
                     "benchmarks.service:app",
                     workdir,
                     cpu,
-                    {**env, "BENCH_PROTECTED": flag},
+                    {**env, **flags},
                 )
-                for name, flag in (("protected", "1"), ("unprotected", "0"))
+                for name, flags in SERVICES.items()
             }
             errors = []
             for name, future in futures.items():
@@ -220,8 +233,11 @@ def gate(started: dict[str, t.Server], algs: tuple[str, ...]) -> tuple[str, dict
     )
     t.check_baseline(baseline, base_spec)
     specs["baseline"] = base_spec
-    for name, protected in (("protected", True), ("unprotected", False)):
-        t.check_service(started[name], main_dealer, token, protected)
+    without = f"dealer {algs[0]} without status lists"
+    t.check_dealer(started[without])
+    specs[without] = started[without].token_spec()
+    for name, flags in SERVICES.items():
+        t.check_service(started[name], main_dealer, token, flags["BENCH_PROTECTED"] == "1")
         specs[name] = t.service_spec(started[name], token)
     return token, specs
 
@@ -382,7 +398,7 @@ def report(result: Run) -> str:
     if ratio_rows:
         lines += [
             "",
-            "| ratio (same round) | median | each round | issue 8 target |",
+            "| ratio (same round) | median | each round | target (issues 8, 18) |",
             "| --- | ---: | --- | --- |",
             *ratio_rows,
         ]

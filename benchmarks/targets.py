@@ -81,6 +81,7 @@ class Server:
     alg: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
+    status_claims: bool = True  # its tokens carry ``status`` (issue 18)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -212,17 +213,34 @@ def _retried(start: Callable[[Path], Server], workdir: Path, name: str) -> Serve
 
 
 def start_dealer(
-    alg: str, workdir: Path, cpu: int | None, workers: int = 1, **extra_env: str
+    alg: str,
+    workdir: Path,
+    cpu: int | None,
+    workers: int = 1,
+    application: str | None = None,
+    **extra_env: str,
 ) -> Server:
-    """``extra_env``: settings over the defaults below (another database, the key store)."""
+    """``extra_env``: settings over the defaults below (another database, the key store);
+    ``application``: another ASGI app than the dealer's, served by ``benchmarks.serve``
+    with the same settings (``benchmarks.dealer_without_status:app``)."""
     name = f"dealer-{alg}" if workers == 1 else f"dealer-{alg}-{workers}w"
+    if application is not None:
+        name += "-" + application.rpartition(".")[2].partition(":")[0]
     return _retried(
-        lambda home: _start_dealer(alg, home, cpu, workers, name, extra_env), workdir, name
+        lambda home: _start_dealer(alg, home, cpu, workers, name, extra_env, application),
+        workdir,
+        name,
     )
 
 
 def _start_dealer(
-    alg: str, home: Path, cpu: int | None, workers: int, name: str, extra_env: dict[str, str]
+    alg: str,
+    home: Path,
+    cpu: int | None,
+    workers: int,
+    name: str,
+    extra_env: dict[str, str],
+    application: str | None = None,
 ) -> Server:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -262,9 +280,20 @@ def _start_dealer(
         "--workers",
         str(workers),
     ]
+    if application is not None:
+        command = [sys.executable, "-m", "benchmarks.serve", application, str(port), str(workers)]
     process, logs = _spawn(name, command, env, home, cpu)
     server = Server(
-        name, url, process, home, env, logs, alg, client["client_id"], client["client_secret"]
+        name,
+        url,
+        process,
+        home,
+        env,
+        logs,
+        alg,
+        client["client_id"],
+        client["client_secret"],
+        status_claims=application is None,
     )
     wait_ready(server, "/readyz")
     return server
@@ -315,6 +344,12 @@ def verify_token(dealer: Server, token: str) -> dict[str, Any]:
         raise BenchError(f"{dealer.name}: a token failed verification: {exc!r}") from None
     if claims["client_id"] != dealer.client_id or SCOPE not in claims["scope"].split():
         raise BenchError(f"{dealer.name}: wrong claims {claims}")
+    status = claims.get("status", {}).get("status_list", {})
+    has_status = isinstance(status.get("idx"), int) and status.get("uri", "").startswith(
+        dealer.url + "/"
+    )
+    if has_status != dealer.status_claims:
+        raise BenchError(f"{dealer.name}: status claim {claims.get('status')!r}")
     # The checker itself must not be lax: the same token with another signature fails.
     try:
         jwt.decode(

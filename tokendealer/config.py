@@ -122,6 +122,9 @@ class Settings:
     client_jwks_cooldown: float = 30.0
     # The admin API under /admin (``TOKENDEALER_ADMIN_API=off`` removes it).
     admin_api: bool = True
+    # Seconds a verifier may cache a status list (its ``ttl``): with the client cache TTL,
+    # the bound on how long a revocation or a disabled client takes to reach services.
+    status_list_ttl: int = 30
     # The command line's remote mode: the dealer whose admin API ``clients``, ``keys`` and
     # ``audit`` go through (None: they open the database and key store themselves), and how
     # they authenticate there (a secret, or a private key in a PEM file: private_key_jwt).
@@ -269,6 +272,12 @@ class Settings:
                 "a duration such as 90d, 12h, 30m, 90s or seconds",
             ),
             admin_api=get("ADMIN_API", _on_off, defaults.admin_api, "on or off"),
+            status_list_ttl=get(
+                "STATUS_LIST_TTL",
+                _int_between(1, 3600),
+                defaults.status_list_ttl,
+                "seconds, 1 to 3600",
+            ),
             url=get(
                 "URL",
                 _optional(admin_url),

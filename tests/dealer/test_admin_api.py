@@ -321,7 +321,36 @@ def test_a_disabled_client_is_refused_within_the_client_cache_ttl(
         time.sleep(0.1)
     assert_error(api.get("/admin/keys"), 401, "invalid_token")
     shared.cli("clients", "enable", api.client["client_id"])
+    # Enabled again: the tokens it held stay revoked (their status bits), and within the
+    # client cache TTL (+ a poll of the status lists) its new tokens work.
+    assert_error(api.get("/admin/keys"), 401, "invalid_token")
+    deadline = time.monotonic() + 2 + 2
+    while True:
+        renewed = AdminAPI(shared, fetch_token(shared.url, api.client), api.client)
+        if renewed.get("/admin/keys").status_code == 200:
+            break
+        assert time.monotonic() < deadline, "new tokens still refused after enable"
+        time.sleep(0.2)
+    assert_error(api.get("/admin/keys"), 401, "invalid_token")
+
+
+def test_rotate_secret_revoke_tokens_ends_the_held_tokens_at_once(
+    shared: DealerServer, api: AdminAPI
+) -> None:
+    """``revoke_tokens``: the client's tokens are refused at /admin, its new ones work."""
     assert api.get("/admin/keys").status_code == 200
+    other = api.another()
+    path = f"/admin/clients/{api.client['client_id']}/rotate-secret"
+    rotated = other.post(path, json={"revoke_tokens": True})
+    assert rotated.status_code == 200, rotated.text
+    assert_error(api.get("/admin/keys"), 401, "invalid_token")
+    client = {**api.client, "client_secret": rotated.json()["client_secret"]}
+    assert (
+        AdminAPI(shared, fetch_token(shared.url, client), client).get("/admin/keys").status_code
+        == 200
+    )
+    refused = other.post(path, json={"revoke_tokens": "yes"})
+    assert_error(refused, 400, "invalid_request")
 
 
 def test_an_admin_client_disabled_through_the_api_is_refused_at_once(

@@ -182,9 +182,26 @@ async def test_tokens_of_a_disabled_or_deleted_client_are_inactive(
     await registry.set_enabled(client.client.client_id, False)
     assert await introspect(http, token, observer) == INACTIVE
     await registry.set_enabled(client.client.client_id, True)
-    assert (await introspect(http, token, observer))["active"] is True
-    await registry.delete(client.client.client_id)
+    # Enabled again: the tokens it held stay revoked, its new ones are active.
     assert await introspect(http, token, observer) == INACTIVE
+    fresh = await get_token(http, client)
+    assert (await introspect(http, fresh, observer))["active"] is True
+    await registry.delete(client.client.client_id)
+    assert await introspect(http, fresh, observer) == INACTIVE
+
+
+async def test_rotate_secret_with_revoke_tokens_makes_held_tokens_inactive(
+    http: Any, client: IssuedSecret, registry: ClientRegistry
+):
+    observer = await registry.create("observer", "", ["jeeves"])
+    token = await get_token(http, client)
+    kept = await registry.rotate_secret(client.client.client_id)  # without: tokens stay good
+    assert (await introspect(http, token, observer))["active"] is True
+    rotated = await registry.rotate_secret(client.client.client_id, revoke_tokens=True)
+    assert await introspect(http, token, observer) == INACTIVE
+    assert kept.secret != rotated.secret
+    fresh = await get_token(http, rotated)
+    assert (await introspect(http, fresh, observer))["active"] is True
 
 
 async def test_introspection_needs_an_authenticated_client(

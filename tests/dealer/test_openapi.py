@@ -65,6 +65,8 @@ def test_the_document_is_valid_openapi_3(live_dealer: DealerServer, dealer_schem
         ("/oauth/authorize", "POST"),
         ("/.well-known/jwks.json", "GET"),
         ("/.well-known/oauth-authorization-server", "GET"),
+        ("/statuslists/{list_id}", "GET"),
+        ("/statuslists", "GET"),
         ("/healthz", "GET"),
         ("/readyz", "GET"),
         ("/metrics", "GET"),

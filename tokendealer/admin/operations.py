@@ -194,9 +194,13 @@ class Administration:
         client = await self._client_change(self.registry.delete(client_id, actor=self.actor))
         return Answer({**client.public_facts(), "deleted": True})
 
-    async def rotate_secret(self, client_id: str, grace: float = 0) -> Answer:
+    async def rotate_secret(
+        self, client_id: str, grace: float = 0, revoke_tokens: bool = False
+    ) -> Answer:
         issued = await self._client_change(
-            self.registry.rotate_secret(client_id, grace, actor=self.actor)
+            self.registry.rotate_secret(
+                client_id, grace, actor=self.actor, revoke_tokens=revoke_tokens
+            )
         )
         return _with_secret(issued)
 

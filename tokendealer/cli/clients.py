@@ -232,7 +232,16 @@ def clients_update(
     show_default=True,
     help="Seconds the old secret keeps working.",
 )
+@click.option(
+    "--revoke-tokens",
+    is_flag=True,
+    help="Also revoke every token the client holds now (a leaked secret).",
+)
 @click.option("--json", "as_json", is_flag=True)
-def clients_rotate_secret(client_id: str, grace: int, as_json: bool) -> None:
-    """Give a client a new secret; the old one works for --grace seconds more."""
-    show_client(run(lambda admin: admin.rotate_secret(client_id, grace)), as_json)
+def clients_rotate_secret(client_id: str, grace: int, revoke_tokens: bool, as_json: bool) -> None:
+    """Give a client a new secret; the old one works for --grace seconds more.
+
+    With --revoke-tokens, the tokens it holds stop working at every service
+    (within TOKENDEALER_STATUS_LIST_TTL) while the client itself stays enabled.
+    """
+    show_client(run(lambda admin: admin.rotate_secret(client_id, grace, revoke_tokens)), as_json)

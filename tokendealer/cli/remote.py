@@ -272,9 +272,12 @@ class RemoteAdministration:
     async def delete_client(self, client_id: str) -> Answer:
         return self._answer(await self._call("DELETE", _client_path(client_id)))
 
-    async def rotate_secret(self, client_id: str, grace: float = 0) -> Answer:
+    async def rotate_secret(
+        self, client_id: str, grace: float = 0, revoke_tokens: bool = False
+    ) -> Answer:
         path = _client_path(client_id) + "/rotate-secret"
-        return self._answer(await self._call("POST", path, json={"grace": grace}))
+        body = {"grace": grace, "revoke_tokens": revoke_tokens}
+        return self._answer(await self._call("POST", path, json=body))
 
     # -- keys ------------------------------------------------------------------------------
 

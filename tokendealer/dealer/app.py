@@ -29,6 +29,9 @@ from tokendealer.dealer.asgi.request import BODY_TIMEOUT, MAX_BODY_BYTES
 from tokendealer.dealer.client_jwks import ClientKeySets
 from tokendealer.dealer.ratelimit import FailureLimiter
 from tokendealer.dealer.state import EXTENSION, DealerState
+from tokendealer.dealer.status import endpoint as status_endpoint
+from tokendealer.dealer.status.allocator import StatusAllocator
+from tokendealer.dealer.status.lists import StatusLists
 from tokendealer.keys.ring import KeyRing
 from tokendealer.keys.schedule import RotationSchedule
 from tokendealer.keys.store import open_key_storage
@@ -38,6 +41,7 @@ from tokendealer.store.client_cache import ClientCache
 from tokendealer.store.database import create_engine, migrate
 from tokendealer.store.registry import ClientRegistry
 from tokendealer.store.revocation_list import PURGE_INTERVAL, RevocationList
+from tokendealer.store.status_lists import BLOCK_MAX_AGE, StatusStore
 
 log = logging.getLogger("tokendealer")
 
@@ -54,12 +58,19 @@ def create_app(settings: Settings | None = None) -> Quart:
     store = open_key_storage(settings, engine)
     schedule = RotationSchedule.from_settings(settings)
     registry = ClientRegistry(engine)
+    keyring = KeyRing(store, settings.keys_reload_interval)
+    status_store = StatusStore(engine)
+    statuses = StatusLists(status_store, settings, keyring)
     state = DealerState(
         settings=settings,
         engine=engine,
         registry=registry,
         clients=ClientCache(registry, settings.client_cache_ttl),
-        keyring=KeyRing(store, settings.keys_reload_interval),
+        keyring=keyring,
+        statuses=statuses,
+        indices=StatusAllocator(
+            status_store, guard=lambda call: state.db_call(call), revoked=statuses.is_revoked
+        ),
         revocations=RevocationList(engine),
         admin_events=AdminEvents(engine),
         client_keys=ClientKeySets(settings.client_jwks_cooldown),
@@ -83,6 +94,8 @@ def create_app(settings: Settings | None = None) -> Quart:
         await store.ensure(settings.signing_alg)
         await state.keyring.refresh()
         tasks.append(asyncio.create_task(state.keyring.follow()))
+        await state.statuses.refresh()
+        tasks.append(asyncio.create_task(state.statuses.follow()))
         tasks.append(asyncio.create_task(purge_expired(state)))
         if schedule is not None:
             tasks.append(asyncio.create_task(rotation.rotate_on_schedule(state, store, schedule)))
@@ -93,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Quart:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await state.indices.close()
         await state.limiter.close()
         await state.client_keys.close()
         await state.replays.close()
@@ -112,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         health.blueprint,
         metrics.blueprint,
         openapi.blueprint,
+        status_endpoint.blueprint,
     ):
         app.register_blueprint(blueprint)
     if settings.admin_api:  # TOKENDEALER_ADMIN_API=off: every /admin path is 404
@@ -138,13 +153,20 @@ def create_app(settings: Settings | None = None) -> Quart:
 
 async def purge_expired(state: DealerState, interval: float = PURGE_INTERVAL) -> None:
     """Every ``interval`` seconds until cancelled, drop what has outlived its use: revoked
-    jtis past their token's expiry, and administrative audit events older than
-    ``TOKENDEALER_AUDIT_RETENTION``."""
+    jtis past their token's expiry, status lists no live token names, and administrative
+    audit events older than ``TOKENDEALER_AUDIT_RETENTION``."""
     retention = timedelta(seconds=state.settings.audit_retention)
     while True:
         await asyncio.sleep(interval)
         await _purge(state, "expired revocations", state.revocations.purge())
         await _purge(state, "used assertions past their expiry", state.replays.purge())
+        # A block hands out indices for BLOCK_MAX_AGE at most; its tokens live token_ttl more.
+        horizon = datetime.now(UTC) - timedelta(
+            seconds=BLOCK_MAX_AGE + state.settings.token_ttl + interval
+        )
+        await _purge(
+            state, "status list blocks without live tokens", state.statuses.store.purge(horizon)
+        )
         cutoff = datetime.now(UTC) - retention
         await _purge(state, "audit events past their retention", state.admin_events.purge(cutoff))
 

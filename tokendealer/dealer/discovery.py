@@ -9,6 +9,7 @@ from quart import Blueprint, Response, current_app, request
 
 from tokendealer.dealer.authorize import AUTHORIZE_PATH
 from tokendealer.dealer.state import dealer_state
+from tokendealer.dealer.status.lists import PATH as STATUS_LISTS_PATH
 from tokendealer.keys.keyset import KeySet
 from tokendealer.store.client_keys import ASSERTION_ALGORITHMS
 
@@ -69,6 +70,8 @@ async def metadata() -> Response:
         "revocation_endpoint": f"{settings.issuer}/oauth/revoke",
         "revocation_endpoint_auth_methods_supported": auth_methods,
         "revocation_endpoint_auth_signing_alg_values_supported": algorithms,
+        # draft-ietf-oauth-status-list §9.1: where every status list is listed.
+        "status_list_aggregation_endpoint": f"{settings.issuer}{STATUS_LISTS_PATH}",
     }
     return Response(
         json.dumps(document),

@@ -8,8 +8,10 @@ token: the resource servers that need to are clients of their own.
 
 §2.2: a token is active when it is one of ours (signature by a published key,
 ``typ``, ``iss``), unexpired, not revoked (RFC 7009), and its client still
-exists and is enabled. Anything else is ``{"active": false}`` and nothing
-more, so an inactive answer tells nothing about why.
+exists and is enabled, and none of the client's tokens were revoked with it
+(``rotate-secret --revoke-tokens``, or a ``disable`` since undone). Anything
+else is ``{"active": false}`` and nothing more, so an inactive answer tells
+nothing about why.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tokendealer.dealer.authentication import authenticate_request
 from tokendealer.dealer.errors import NO_STORE, invalid_request
 from tokendealer.dealer.forms import one, read_form
 from tokendealer.dealer.state import DealerState, dealer_state
+from tokendealer.dealer.status.revoked import token_revoked
 from tokendealer.keys.signing import InvalidAccessToken, read_access_token
 
 blueprint = Blueprint("introspection", __name__)
@@ -40,7 +43,7 @@ async def active_claims(state: DealerState, token: str) -> dict[str, Any] | None
     client = await state.db_call(state.registry.find(claims["client_id"]))
     if client is None or not client.enabled:
         return None
-    if await state.db_call(state.revocations.is_revoked(claims["jti"])):
+    if await state.db_call(token_revoked(state, claims)):
         return None
     return claims
 

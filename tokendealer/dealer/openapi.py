@@ -225,7 +225,14 @@ SCHEMAS: dict[str, Any] = {
             "authorization_endpoint": {"type": "string"},
             "introspection_endpoint": {"type": "string"},
             "revocation_endpoint": {"type": "string"},
+            "status_list_aggregation_endpoint": {"type": "string"},
         },
+    },
+    "StatusListAggregation": {
+        "type": "object",
+        "description": "draft-ietf-oauth-status-list §9.3: the URI of every status list.",
+        "required": ["status_lists"],
+        "properties": {"status_lists": {"type": "array", "items": {"type": "string"}}},
     },
     "Health": {
         "type": "object",
@@ -333,6 +340,55 @@ def _paths() -> dict[str, Any]:
                         {"ETag": _header("Strong validator"), "Cache-Control": _header("max-age")},
                     ),
                     "304": {"description": "Not modified since the ETag given."},
+                },
+            }
+        },
+        "/statuslists/{list_id}": {
+            "get": {
+                "operationId": "status_list",
+                "summary": "A Status List Token (draft-ietf-oauth-status-list §5.1, §8)",
+                "description": (
+                    "A JWT (`typ: statuslist+jwt`) signed by the current key: `sub` its URI, "
+                    "`iat`, `exp`, `ttl`, and `status_list: {bits: 1, lst}`, one bit per "
+                    "token, least significant first, ZLIB-compressed, base64url. A token's "
+                    "`status.status_list` claim names the list and its index; bit 1: revoked."
+                ),
+                "parameters": [
+                    {
+                        "name": "list_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                    {
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The Status List Token; cacheable for its `ttl`.",
+                        "content": {"application/statuslist+jwt": {"schema": {"type": "string"}}},
+                        "headers": {
+                            "ETag": _header("Strong validator"),
+                            "Cache-Control": _header("max-age: the list's ttl"),
+                        },
+                    },
+                    "304": {"description": "Not modified since the ETag given."},
+                    "404": _json(_ref("OAuthError"), "No such list (or no longer: no live token)."),
+                    "406": _json(_ref("OAuthError"), "Only application/statuslist+jwt is served."),
+                    "501": _json(_ref("OAuthError"), "The `time` parameter is not supported."),
+                },
+            }
+        },
+        "/statuslists": {
+            "get": {
+                "operationId": "status_list_aggregation",
+                "summary": "Every status list (draft-ietf-oauth-status-list §9)",
+                "responses": {
+                    "200": _json(_ref("StatusListAggregation"), "The lists' URIs, oldest first.")
                 },
             }
         },
@@ -561,7 +617,11 @@ def _admin_schemas(token_ttl: int) -> dict[str, Any]:
                 "grace": {
                     **seconds,
                     "description": "Seconds the old secret keeps working (default 0).",
-                }
+                },
+                "revoke_tokens": {
+                    "type": "boolean",
+                    "description": "Also revoke every token the client holds now (default false).",
+                },
             },
         },
         "KeyRotation": {

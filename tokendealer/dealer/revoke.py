@@ -12,9 +12,10 @@ a client exactly as at the token endpoint.
   cause an error response"): there is nothing left to revoke.
 
 A revoked token's ``jti`` is stored until its ``exp`` (see
-:mod:`tokendealer.store.revocation_list`); introspection then says inactive. Verifiers
-that check signatures locally keep accepting it until it expires: tokens are
-short-lived for that reason.
+:mod:`tokendealer.store.revocation_list`), with its index in a status list:
+introspection says inactive at once, and verifiers that check status lists
+refuse it once their copy of the list is renewed (within
+``TOKENDEALER_STATUS_LIST_TTL`` and about two seconds).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ async def revoke() -> Response:
             jti=claims["jti"],
         )
         raise OAuthError("invalid_grant", "the token was issued to another client")
-    await state.db_call(state.revocations.revoke(claims["jti"], client_id, claims["exp"]))
+    status = state.statuses.reference(claims)
+    await state.db_call(state.revocations.revoke(claims["jti"], client_id, claims["exp"], status))
     metrics.revocation("revoked")
     audit.record(
         "token_revoked",

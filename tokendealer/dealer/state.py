@@ -16,6 +16,8 @@ from tokendealer.config import Settings
 from tokendealer.dealer.client_jwks import ClientKeySets
 from tokendealer.dealer.errors import temporarily_unavailable
 from tokendealer.dealer.ratelimit import FailureLimiter
+from tokendealer.dealer.status.allocator import StatusAllocator
+from tokendealer.dealer.status.lists import StatusLists
 from tokendealer.keys.ring import KeyRing
 from tokendealer.keys.schedule import RotationSchedule
 from tokendealer.keys.signing import TokenSigner
@@ -41,6 +43,8 @@ class DealerState:
     admin_events: AdminEvents  # administrative changes, for the record (and the admin API)
     client_keys: ClientKeySets  # private_key_jwt clients' public keys (jwks_uri fetched, cached)
     replays: ReplayStore  # the jtis of assertions used once (database or Redis)
+    statuses: StatusLists  # the revoked bits of the status lists, and their tokens
+    indices: StatusAllocator  # each new token's index in a status list
     schedule: RotationSchedule | None = None  # TOKENDEALER_ROTATE_EVERY; None: manual only
     _signer: TokenSigner | None = None
 

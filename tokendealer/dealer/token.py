@@ -2,6 +2,7 @@
 
 request -> parse the form (§3.2) -> authenticate the client (§2.3.1, behind the
 brute-force limits) -> check grant, scope (§3.3) and audience (RFC 8707)
+-> an index in a status list (draft-ietf-oauth-status-list §6.1, from memory)
 -> sign (RFC 9068) -> one audit line and the metrics.
 
 It is the dealer's hot path, so it is a bare ASGI callable in front of Quart
@@ -35,12 +36,15 @@ from tokendealer.dealer.authentication import Caller, authenticate_client
 from tokendealer.dealer.errors import (
     NO_STORE_ASGI,
     OAuthError,
+    invalid_client,
     invalid_request,
     send_asgi,
     send_json,
+    temporarily_unavailable,
 )
 from tokendealer.dealer.forms import FORM_CONTENT_TYPE, Form, is_form_content_type, one, parse_form
 from tokendealer.dealer.state import DealerState
+from tokendealer.dealer.status.allocator import ClientChanged, NoIndex
 from tokendealer.keys.signing import access_token_claims
 from tokendealer.store.registry import Client, ClientError, parse_scopes
 
@@ -154,8 +158,12 @@ async def token(
     await send_json(send, 200, answer, NO_STORE_ASGI)
 
 
-async def issue(state: DealerState, caller: Caller, form: Form) -> bytes:
-    """The §5.1 JSON answer for an authenticated client's request, or an :class:`OAuthError`."""
+async def issue(state: DealerState, caller: Caller, form: Form, reloaded: bool = False) -> bytes:
+    """The §5.1 JSON answer for an authenticated client's request, or an :class:`OAuthError`.
+
+    ``reloaded``: the client was just read again from the database (this worker's copy
+    was out of date when a status index was reserved).
+    """
     grant_type = one(form, "grant_type")
     if grant_type is None:
         raise invalid_request("grant_type is required")
@@ -166,9 +174,16 @@ async def issue(state: DealerState, caller: Caller, form: Form) -> bytes:
     audience = granted_audience(client, form, state.settings.issuer)
 
     ttl = min(client.token_ttl or state.settings.token_ttl, state.settings.token_ttl)
+    try:
+        status = await status_claim(state, client)
+    except ClientChanged:
+        if reloaded:  # changed again meanwhile
+            raise temporarily_unavailable("the client is being changed; retry shortly") from None
+        return await issue(state, await _reloaded(state, caller), form, reloaded=True)
     claims = access_token_claims(
         state.settings.issuer, client.client_id, audience, scope, int(time.time()), ttl
     )
+    claims.update(status)
     signer = state.signer()
     if signer.in_thread:  # RSA: cryptography releases the GIL, so a thread uses another core
         access_token = await asyncio.get_running_loop().run_in_executor(None, signer.sign, claims)
@@ -193,6 +208,47 @@ async def issue(state: DealerState, caller: Caller, form: Form) -> bytes:
         "scope": claims["scope"],
     }
     return json.dumps(answer, separators=(",", ":")).encode()
+
+
+async def status_claim(state: DealerState, client: Client) -> dict[str, Any]:
+    """``status`` (draft-ietf-oauth-status-list §6.1) for a new token: an index from the
+    worker's block for the client, else from a new block.
+
+    Never a token without one: it could not be revoked at the services. When no
+    block can be reserved, the request gets 503 ``temporarily_unavailable``.
+    """
+    taken = state.indices.take(client.client_id, client.version)
+    if taken is None:
+        try:
+            taken = await state.indices.next(client.client_id, client.version)
+        except NoIndex:
+            raise temporarily_unavailable(
+                "no status list index can be reserved (the database is unreachable); retry shortly"
+            ) from None
+    list_id, index = taken
+    return {"status": {"status_list": {"idx": index, "uri": state.statuses.uri(list_id)}}}
+
+
+async def _reloaded(state: DealerState, caller: Caller) -> Caller:
+    """The caller with its client as the database has it now, when this worker's copy was
+    out of date: the same request goes on only if its credentials are unchanged."""
+    state.clients.forget(caller.client.client_id)
+    fresh = await state.db_call(state.clients.find(caller.client.client_id))
+    if fresh is None or not fresh.enabled or _credentials(fresh) != _credentials(caller.client):
+        raise invalid_client()
+    return Caller(fresh, caller.method, caller.source)
+
+
+def _credentials(client: Client) -> tuple[object, ...]:
+    """What decides whether a client's credentials are accepted."""
+    return (
+        client.secret_digest,
+        client.previous_secret_digest,
+        client.previous_secret_expires_at,
+        client.auth_method,
+        client.jwks,
+        client.jwks_uri,
+    )
 
 
 def _refused(caller: Caller, form: Form, error: str) -> None:

@@ -69,6 +69,14 @@ class TokenSigner:
         return (signing_input + b"." + _b64(signature)).decode()
 
 
+def sign_jwt(key: SigningKey, typ: str, claims: dict[str, Any]) -> str:
+    """A JWT of another type than an access token (a status list token), signed by ``key``."""
+    header = _b64(_json({"alg": key.alg, "typ": typ, "kid": key.kid}))
+    signing_input = header + b"." + _b64(_json(claims))
+    signature = get_algorithm_by_name(key.alg).sign(signing_input, key.private_key)
+    return (signing_input + b"." + _b64(signature)).decode()
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (``taskset``, cgroup cpusets), not the machine's count."""
     try:

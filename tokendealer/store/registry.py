@@ -26,6 +26,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from tokendealer.store.admin_events import Actor, AdminEvents
 from tokendealer.store.client_keys import ClientKeyError, check_jwks, check_jwks_uri
 from tokendealer.store.schema import Base, UTCDateTime
+from tokendealer.store.status_lists import revoke_client_tokens
 
 SECRET_BYTES = 32  # 256 bits
 SECRET_METHOD, KEY_METHOD = "client_secret_basic", "private_key_jwt"
@@ -368,6 +369,8 @@ class ClientRegistry:
     ) -> Client:
         async def switch(session: AsyncSession) -> Client:
             client = await self._locked(session, client_id)
+            if not enabled:
+                _revoke_tokens(session, client)
             client.enabled = enabled
             client.updated_at = _now()
             return client
@@ -416,6 +419,8 @@ class ClientRegistry:
                 client.audiences = new_audiences
             if new_ttl is not None:
                 client.token_ttl = new_ttl
+            if enabled is False:
+                _revoke_tokens(session, client)
             if enabled is not None:
                 client.enabled = enabled
             if new_keys is not None:
@@ -441,17 +446,28 @@ class ClientRegistry:
         return await self._change(action, client_id, actor, change)
 
     async def delete(self, client_id: str, actor: Actor | None = None) -> Client:
+        """Remove the client; every token it holds is revoked (its status bits set)."""
+
         async def remove(session: AsyncSession) -> Client:
             client = await self._locked(session, client_id)
+            revoke_client_tokens(session, client.client_id, below_version=None)
             await session.delete(client)
             return client
 
         return await self._change("clients.delete", client_id, actor, remove)
 
     async def rotate_secret(
-        self, client_id: str, grace: float = 0, actor: Actor | None = None
+        self,
+        client_id: str,
+        grace: float = 0,
+        actor: Actor | None = None,
+        revoke_tokens: bool = False,
     ) -> IssuedSecret:
-        """A new secret; the old one keeps working for ``grace`` seconds."""
+        """A new secret; the old one keeps working for ``grace`` seconds.
+
+        ``revoke_tokens``: every token the client holds now is revoked too (after a
+        leaked secret), without disabling it.
+        """
         secret = secrets.token_urlsafe(SECRET_BYTES)
 
         async def rotate(session: AsyncSession) -> Client:
@@ -472,6 +488,8 @@ class ClientRegistry:
                 client.previous_secret_expires_at = None
             client.secret_digest = digest_secret(secret)
             client.updated_at = now
+            if revoke_tokens:
+                _revoke_tokens(session, client)
             return client
 
         client = await self._change("clients.rotate-secret", client_id, actor, rotate)
@@ -545,6 +563,16 @@ def _use_keys(client: Client, keys: dict[str, Any]) -> None:
     client.jwks, client.jwks_uri = keys["jwks"], keys["jwks_uri"]
     client.secret_digest = NO_SECRET
     client.previous_secret_digest = client.previous_secret_expires_at = None
+
+
+def _revoke_tokens(session: AsyncSession, client: Client) -> None:
+    """Revoke every token the client holds now, in the transaction changing it.
+
+    The change raises the client's version (SQLAlchemy's counter, at the flush),
+    and only blocks of the versions before are covered: tokens issued after it
+    are valid again (after ``enable``, after a new secret).
+    """
+    revoke_client_tokens(session, client.client_id, below_version=client.version + 1)
 
 
 def _check_audiences(audiences: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import String, delete, select
+from sqlalchemy import Integer, String, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
@@ -29,6 +29,9 @@ class RevokedToken(Base):
     client_id: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The token's bit in a status list (its ``status`` claim), set for verifiers to see.
+    status_list: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status_idx: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RevocationList:
@@ -37,13 +40,20 @@ class RevocationList:
     def __init__(self, engine: AsyncEngine) -> None:
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
 
-    async def revoke(self, jti: str, client_id: str, expires_at: int) -> bool:
-        """Remember ``jti`` until ``expires_at`` (epoch seconds); False if it already was."""
+    async def revoke(
+        self, jti: str, client_id: str, expires_at: int, status: tuple[int, int] | None = None
+    ) -> bool:
+        """Remember ``jti`` until ``expires_at`` (epoch seconds); False if it already was.
+
+        ``status``: the token's (list, index), whose bit the status lists then set.
+        """
         row = RevokedToken(
             jti=jti,
             client_id=client_id,
             expires_at=datetime.fromtimestamp(expires_at, UTC),
             revoked_at=datetime.now(UTC),
+            status_list=None if status is None else status[0],
+            status_idx=None if status is None else status[1],
         )
         try:
             async with self.sessions.begin() as session:

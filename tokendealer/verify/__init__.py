@@ -1,6 +1,7 @@
 """Verify the dealer's access tokens in a consuming service.
 
-``TokenVerifier`` checks RFC 9068 JWT access tokens against the dealer's JWKS;
+``TokenVerifier`` checks RFC 9068 JWT access tokens against the dealer's JWKS,
+and their ``status`` in the dealer's status lists (draft-ietf-oauth-status-list);
 ``TokenAuth`` plugs it into a Quart app through quart-auth (bearer mode);
 ``require_token`` guards a route and ``current_token`` holds its claims.
 
@@ -9,9 +10,10 @@ Quart and quart-auth, never the dealer's side, so a service can use it without
 the dealer's database stack (import-linter checks it). This module is the
 public surface; the code lives in its private modules:
 
-* ``_errors``   - the ``InvalidToken`` tree, ``KeysUnavailable`` (apart from it), and the
-  mapping from PyJWT's errors
+* ``_errors``   - the ``InvalidToken`` tree (``TokenRevoked`` among it), ``KeysUnavailable``
+  and ``StatusUnavailable`` (apart from it), and the mapping from PyJWT's errors
 * ``_jwks``     - the issuer's JWK Set: discovery, fetching, filtering, the key cache
+* ``_status``   - token status lists: the ``status`` claim, fetching, checking and caching lists
 * ``_verifier`` - ``TokenVerifier``: header, signature and claim checks, verified-token cache
 * ``_quart``    - quart-auth integration and the RFC 6750 §3 answers
 * ``_protected_resource`` - RFC 9728 metadata of a service (``TokenAuth(resource=...)``)
@@ -31,6 +33,8 @@ from tokendealer.verify._errors import (
     MalformedToken,
     MissingClaim,
     NotYetValid,
+    StatusUnavailable,
+    TokenRevoked,
     TokenTooLarge,
     UnknownKey,
     UnsupportedHeader,
@@ -62,7 +66,9 @@ __all__ = [
     "MissingClaim",
     "NotYetValid",
     "REQUIRED_CLAIMS",
+    "StatusUnavailable",
     "TokenAuth",
+    "TokenRevoked",
     "TokenTooLarge",
     "TokenUser",
     "TokenVerifier",

@@ -6,7 +6,9 @@ logs only.
 
 ``KeysUnavailable`` stands apart: the token was not refused but could not be
 checked (the issuer's keys cannot be fetched), so it is deliberately not an
-``InvalidToken``.
+``InvalidToken``; nor is its subclass ``StatusUnavailable`` (the token's status
+list cannot be had). ``TokenRevoked`` is an ``InvalidToken``: its status list
+says it is no longer valid (draft-ietf-oauth-status-list §7).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ __all__ = [
     "MalformedToken",
     "MissingClaim",
     "NotYetValid",
+    "StatusUnavailable",
+    "TokenRevoked",
     "TokenTooLarge",
     "UnknownKey",
     "UnsupportedHeader",
@@ -93,6 +97,16 @@ class InvalidClaim(InvalidToken):
     description = "invalid claim"
 
 
+class TokenRevoked(InvalidToken):
+    """Its status list gives the token a status other than VALID (0x00).
+
+    draft-ietf-oauth-status-list §7.1: INVALID (revoked), SUSPENDED, or any other
+    value; only VALID lets a token through.
+    """
+
+    description = "the token has been revoked"
+
+
 class KeysUnavailable(Exception):
     """The token could not be checked: the issuer's keys cannot be fetched right now.
 
@@ -113,6 +127,21 @@ class KeysUnavailable(Exception):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = max(1, int(retry_after))
+
+
+class StatusUnavailable(KeysUnavailable):
+    """The token could not be checked: its status list cannot be had right now.
+
+    draft-ietf-oauth-status-list §8.3: no statement about the token's status can
+    be made when no list was ever fetched for its URI and the fetch failed, or
+    when the only list held is past its ``exp``. A subclass of ``KeysUnavailable``
+    so that every handler of an issuer outage (``TokenAuth``'s 503 with
+    ``Retry-After``) answers it too; like it, not an ``InvalidToken``.
+    ``retry_after`` is how many seconds until the next fetch of that list may
+    start (at least 1).
+    """
+
+    description: ClassVar[str] = "the token's status list cannot be fetched; retry shortly"
 
 
 #: PyJWT's exception -> ours, most specific first.

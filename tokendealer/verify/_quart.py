@@ -3,15 +3,18 @@
 ``TokenAuth`` reads ``Authorization: Bearer`` (RFC 6750 §2.1) into a
 ``TokenUser`` that verifies it on first ask; ``require_token`` guards a route,
 ``current_token`` holds its claims. Every refusal is rendered by
-``TokenAuth.challenge`` (RFC 6750 §3); a token that could not be checked
-because the issuer's keys cannot be fetched (``KeysUnavailable``) by
-``TokenAuth.unavailable`` (503 with ``Retry-After``). With ``resource=``,
+``TokenAuth.challenge`` (RFC 6750 §3), a revoked token (``TokenRevoked``, from
+its status list) as ``invalid_token`` like any other; a token that could not
+be checked because the issuer's keys or its status list cannot be fetched
+(``KeysUnavailable``, ``StatusUnavailable``) by ``TokenAuth.unavailable``
+(503 with ``Retry-After``). With ``resource=``,
 ``TokenAuth`` also serves the RFC 9728 metadata of that resource and names it
 in every challenge (``tokendealer.verify._protected_resource``).
 
 The hit path, a token the verifier has already checked: read the header,
-hash the token and look it up (``TokenVerifier._lookup``: one dict lookup
-and a comparison with the stored ``exp``), then a frozenset comparison for
+hash the token and look it up (``TokenVerifier._lookup``: one dict lookup,
+a comparison with the stored ``exp`` and, with a ``status`` claim, a byte of
+the status list held), then a frozenset comparison for
 the scopes. No coroutine is awaited, nothing is parsed, and quart-auth's
 per-request ``after_request`` hook is not installed (in bearer mode it only
 warned about login/logout/renew, which ``TokenUser`` now does when they
@@ -82,9 +85,9 @@ class TokenUser(quart_auth.AuthUser):
     ``auth_id`` is the client id (``sub``) once verified; ``claims`` the
     verified claims (the request's own copy); ``scopes`` their ``scope`` as a
     frozenset; ``error`` why verification failed. When the token could not be
-    checked (``KeysUnavailable``), asking raises it, each time, for the app's
-    error handler (``TokenAuth`` renders it as 503): neither "authenticated"
-    nor "not authenticated" would be true.
+    checked (``KeysUnavailable``, or its subclass ``StatusUnavailable``), asking
+    raises it, each time, for the app's error handler (``TokenAuth`` renders it
+    as 503): neither "authenticated" nor "not authenticated" would be true.
     """
 
     def __init__(
@@ -190,11 +193,12 @@ class TokenAuth(quart_auth.QuartAuth):
     synchronously; here the user instead carries the raw token and verifies
     it (asynchronously) the first time a route asks, through
     ``login_required``, ``current_user.is_authenticated`` or
-    ``require_token``. Unauthenticated requests get RFC 6750 §3 answers; a
-    token that could not be checked (``KeysUnavailable``) gets 503
-    (``unavailable``).
-    The verifier's HTTP client is closed in ``after_serving``; with
-    ``prefetch`` the JWKS is fetched in ``before_serving``.
+    ``require_token``. Unauthenticated requests get RFC 6750 §3 answers (a
+    revoked token is ``invalid_token``); a token that could not be checked
+    (``KeysUnavailable``, ``StatusUnavailable``) gets 503 (``unavailable``).
+    The verifier's fetches stop and its HTTP client is closed in
+    ``after_serving``; with ``prefetch`` the JWKS is fetched in
+    ``before_serving`` (status lists are fetched when a token names one).
 
     ``resource`` (RFC 9728), the service's resource identifier, e.g.
     ``https://api.example.com/mcp``: the app then serves its protected resource
@@ -335,7 +339,8 @@ class TokenAuth(quart_auth.QuartAuth):
         return response
 
     def unavailable(self, exc: KeysUnavailable) -> Response:
-        """503 for a token that could not be checked: the issuer's keys cannot be fetched.
+        """503 for a token that could not be checked: the issuer's keys, or the token's
+        status list (``StatusUnavailable``, with its own ``description``), cannot be fetched.
 
         RFC 6750 §3.1 has no error code for it, and none of its codes is true: the
         token is not invalid, the request not malformed. So, as RFC 9110 §15.6.4

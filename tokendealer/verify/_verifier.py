@@ -9,8 +9,10 @@ The verified-token cache is what makes a protected route cheap: a token is
 checked in full (header, key, signature, claims) once, then answered from an
 entry keyed by its SHA-256 until its ``exp`` (+ leeway): one dictionary
 lookup, one comparison with a stored number, one check that its key is still
-published. ``TokenAuth`` uses that lookup directly (``_lookup``), so a request
-with a known token parses nothing and awaits nothing.
+published and, for a token with a ``status`` claim, one look at its bit in the
+status list held (``tokendealer.verify._status``). ``TokenAuth`` uses that
+lookup directly (``_lookup``), so a request with a known token parses nothing
+and awaits nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tokendealer.verify._encoding import non_canonical
 from tokendealer.verify._errors import (
     DisallowedAlgorithm,
     InvalidClaim,
+    InvalidToken,
     MalformedToken,
     TokenTooLarge,
     UnknownKey,
@@ -40,6 +43,7 @@ from tokendealer.verify._errors import (
     translate,
 )
 from tokendealer.verify._jwks import KID, JWKSCache
+from tokendealer.verify._status import VALID, StatusListCache, status_reference
 
 __all__ = ["DEFAULT_ALGORITHMS", "REQUIRED_CLAIMS", "TokenVerifier"]
 
@@ -101,10 +105,14 @@ def _unverified_header(token: str) -> dict[str, Any]:
 class _OnJWKS:
     """A verifier attribute that lives on its JWKS cache, so setting it reaches the cache.
 
+    (``_OnStatus``: the same for the status list cache.)
+
     ``forgets``: the setting decides whether a token is valid (issuer, algorithms), so
     changing it empties the verified-token cache. ``check`` validates (and normalises)
     a new value the way the constructor does.
     """
+
+    holder = "_jwks"
 
     def __init__(
         self,
@@ -121,14 +129,20 @@ class _OnJWKS:
         self.name = self.name or name
 
     def __get__(self, verifier: TokenVerifier | None, owner: type | None = None) -> Any:
-        return self if verifier is None else getattr(verifier._jwks, self.name)
+        return self if verifier is None else getattr(getattr(verifier, self.holder), self.name)
 
     def __set__(self, verifier: TokenVerifier, value: Any) -> None:
         if self.check is not None:
             value = self.check(value)
-        setattr(verifier._jwks, self.name, value)
+        setattr(getattr(verifier, self.holder), self.name, value)
         if self.forgets:
             verifier.forget()
+
+
+class _OnStatus(_OnJWKS):
+    """A verifier attribute that lives on its status list cache."""
+
+    holder = "_status"
 
 
 class _Verified:
@@ -137,16 +151,25 @@ class _Verified:
     ``claims`` are the verified claims (never handed out: callers get copies),
     ``scopes`` the RFC 9068 §2.2.3 ``scope`` as a frozenset, ``until`` the
     ``exp`` + leeway past which PyJWT would refuse the token (RFC 7519 §4.1.4),
-    ``kid`` the key that signed it.
+    ``kid`` the key that signed it, ``status`` its status list entry ``(uri,
+    idx)`` (draft-ietf-oauth-status-list §6.2), None without one or with
+    ``check_status`` off.
     """
 
-    __slots__ = ("claims", "kid", "scopes", "until")
+    __slots__ = ("claims", "kid", "scopes", "status", "until")
 
-    def __init__(self, claims: dict[str, Any], kid: str, leeway: float) -> None:
+    def __init__(
+        self,
+        claims: dict[str, Any],
+        kid: str,
+        leeway: float,
+        status: tuple[str, int] | None = None,
+    ) -> None:
         self.claims = claims
         self.kid = kid
         self.scopes = frozenset(claims.get("scope", "").split())
         self.until = float(claims["exp"]) + leeway
+        self.status = status
 
 
 class TokenVerifier:
@@ -177,7 +200,30 @@ class TokenVerifier:
     ``issuer``, ``audience``, ``algorithms`` or ``leeway`` empties it, as does
     ``forget()``. A hit checks neither signature nor claims again, so it answers
     exactly as a full check would until ``until``: ``nbf`` and ``iat`` only
-    become more valid with time, and ``exp`` is the stored ``until``.
+    become more valid with time, and ``exp`` is the stored ``until``; only the
+    status bit can change, and a hit looks it up again.
+
+    Token status (draft-ietf-oauth-status-list; ``check_status``, on by
+    default): a token with a ``status`` claim is valid only while its entry in
+    the Status List Token that claim names is VALID (0); anything else is
+    ``TokenRevoked`` (an ``InvalidToken``). A malformed claim, or a list URI
+    that does not start with ``issuer + "/"``, is ``InvalidClaim`` and nothing
+    is fetched; ``status_base_url`` fetches the issuer's lists from another
+    base URL (as ``jwks_url`` does for keys, for services that reach the
+    dealer by another name): ``status_base_url + uri[len(issuer):]``. Lists are
+    cached per URI for their ``ttl`` clamped to [``min_status_ttl``,
+    ``max_status_ttl``], refreshed in the background once stale, never
+    replaced by a list issued earlier, and a failed fetch keeps the last good
+    list and waits ``status_refetch_cooldown`` before the next. A list past its
+    ``ttl`` keeps judging until its ``exp``, so a short dealer outage is no
+    outage here. When no usable list can be had (none fetched yet and the fetch
+    fails, or the held one is past its ``exp``), ``StatusUnavailable`` (a
+    ``KeysUnavailable``: ``TokenAuth`` answers 503 with ``Retry-After``). A
+    revocation reaches a service within the list's ``ttl`` (clamped), cached
+    tokens included. ``check_status=False`` skips all of it, for services that
+    accept a revoked token until it expires (then nothing is fetched and the
+    ``status`` claim is not read). The details are in
+    ``tokendealer.verify._status``. ``forget()`` keeps the lists.
     """
 
     # Settings the JWKS cache uses too: they live there and are read and set here.
@@ -188,6 +234,11 @@ class TokenVerifier:
     max_cache_ttl = _OnJWKS()
     default_cache_ttl = _OnJWKS()
     timeout = _OnJWKS()
+    # Settings of the status list cache.
+    status_base_url = _OnStatus("base_url")
+    min_status_ttl = _OnStatus("min_ttl")
+    max_status_ttl = _OnStatus("max_ttl")
+    status_refetch_cooldown = _OnStatus("refetch_cooldown")
     # The cache's parts under their names from before the split, for code (and tests) that reach in.
     _http = _OnJWKS("http")
     _ttl = _OnJWKS("ttl")
@@ -208,6 +259,11 @@ class TokenVerifier:
         timeout: float = 5.0,
         max_token_size: int = 8192,
         cache_size: int = 1024,
+        check_status: bool = True,
+        status_base_url: str | None = None,
+        min_status_ttl: float = 5.0,
+        max_status_ttl: float = 3600.0,
+        status_refetch_cooldown: float = 5.0,
     ) -> None:
         if not issuer or not audience:
             raise ValueError("issuer and audience are required")
@@ -223,6 +279,15 @@ class TokenVerifier:
             default_cache_ttl=default_cache_ttl,
             timeout=timeout,
         )
+        self._status = StatusListCache(
+            self._jwks,
+            base_url=status_base_url,
+            min_ttl=min_status_ttl,
+            max_ttl=max_status_ttl,
+            refetch_cooldown=status_refetch_cooldown,
+            leeway=float(leeway),
+        )
+        self._check_status = bool(check_status)
         self._audience = audience
         self._leeway = float(leeway)
         self.max_token_size = max_token_size
@@ -243,7 +308,17 @@ class TokenVerifier:
 
     @leeway.setter
     def leeway(self, value: float) -> None:
-        self._leeway = float(value)
+        self._leeway = self._status.leeway = float(value)
+        self.forget()
+
+    @property
+    def check_status(self) -> bool:
+        """Whether a token's status list entry is checked (see the class docstring)."""
+        return self._check_status
+
+    @check_status.setter
+    def check_status(self, value: bool) -> None:
+        self._check_status = bool(value)
         self.forget()
 
     # -- lifecycle ---------------------------------------------------------
@@ -255,7 +330,8 @@ class TokenVerifier:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop a running fetch and close the HTTP client if we opened it."""
+        """Stop running fetches (keys, status lists) and close the HTTP client if we opened it."""
+        await self._status.aclose()
         await self._jwks.aclose()
 
     async def refresh(self) -> bool:
@@ -290,13 +366,14 @@ class TokenVerifier:
         """The claims of a valid access token; raises ``InvalidToken`` otherwise.
 
         Raises ``KeysUnavailable`` (not an ``InvalidToken``) when the token could
-        not be checked because the issuer's keys cannot be fetched.
+        not be checked because the issuer's keys cannot be fetched, and its
+        subclass ``StatusUnavailable`` when its status list cannot be had.
         """
         return dict((await self._check(token)).claims)
 
     async def _check(self, token: str | bytes) -> _Verified:
         """The cache entry of a valid access token (found or made); raises ``InvalidToken``
-        (or ``KeysUnavailable``, when the key could not be had).
+        (or ``KeysUnavailable``, when the key or the status list could not be had).
 
         Its ``claims`` are the cache's own: read them, copy them, never change them.
         """
@@ -306,13 +383,26 @@ class TokenVerifier:
         entry = self._hit(digest)
         if entry is not None:
             return entry
+        entry = self._verified.get(digest)
+        if entry is not None:  # verified, but its status list held cannot answer now
+            assert entry.status is not None
+            try:
+                await self._status.check(*entry.status)
+            except InvalidToken:
+                self._verified.pop(digest, None)
+                raise
+            return entry
         header = _unverified_header(text)
         alg, kid = self._check_header(header)
         key = await self._jwks.key_for(kid)
         if key.algorithm_name != alg:
             # RFC 8725 §3.1: the key's own algorithm decides, not the header.
             raise DisallowedAlgorithm(f"key {kid!r} is for {key.algorithm_name}, token says {alg}")
-        entry = _Verified(self._decode(text, key, alg), kid, self.leeway)
+        claims = self._decode(text, key, alg)
+        status = status_reference(claims, self.issuer) if self._check_status else None
+        if status is not None:  # draft-ietf-oauth-status-list §8.3, after every other check
+            await self._status.check(*status)
+        entry = _Verified(claims, kid, self.leeway, status)
         if self.cache_size > 0:
             self._verified[digest] = entry
             while len(self._verified) > self.cache_size:
@@ -410,13 +500,26 @@ class TokenVerifier:
     # -- verified-token cache ----------------------------------------------
 
     def _hit(self, digest: bytes) -> _Verified | None:
-        """A live entry (now the most recently used); a stale one is dropped."""
+        """A live entry (now the most recently used); a stale one is dropped.
+
+        An entry whose status list held says anything but VALID is dropped (``_check``
+        then gives the reason); one whose list cannot answer now (none usable, index
+        beyond it) stays but is no hit: ``_check`` awaits the list for it.
+        """
         entry = self._verified.get(digest)
         if entry is None:
             return None
         # PyJWT refuses once exp <= now - leeway, i.e. from ``until`` on. ``known`` also
         # starts the scheduled JWKS refresh, so a revoked key reaches cached tokens too.
         if time.time() < entry.until and self._jwks.known(entry.kid) is not None:
+            if entry.status is not None:
+                # ``held`` also starts the refresh of a stale list, as ``known`` does for keys.
+                value = self._status.held(*entry.status)
+                if value is None:
+                    return None
+                if value != VALID:
+                    del self._verified[digest]
+                    return None
             self._verified.move_to_end(digest)
             return entry
         del self._verified[digest]

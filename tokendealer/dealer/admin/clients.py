@@ -179,9 +179,12 @@ async def delete_client(client_id: str) -> Response:
 
 @blueprint.post("/clients/<client_id>/rotate-secret")
 async def rotate_secret(client_id: str) -> Response:
-    """A new secret; the old one keeps working for ``grace`` seconds (default 0)."""
+    """A new secret; the old one keeps working for ``grace`` seconds (default 0);
+    ``revoke_tokens``: the tokens the client holds are revoked too."""
     state, admin = await administration(ADMIN)
-    body = await _body(state, admin, "clients.rotate-secret", client_id, {"grace": bodies.seconds})
-    rotated = await run(state, admin.rotate_secret(client_id, body.get("grace", 0)))
+    fields = {"grace": bodies.seconds, "revoke_tokens": bodies.enabled}
+    body = await _body(state, admin, "clients.rotate-secret", client_id, fields)
+    change = admin.rotate_secret(client_id, body.get("grace", 0), body.get("revoke_tokens", False))
+    rotated = await run(state, change)
     state.clients.forget(client_id)
     return answer(rotated)

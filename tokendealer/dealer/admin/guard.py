@@ -9,7 +9,8 @@ passes when its ``Authorization: Bearer`` token
   ring holds a new key set, so a revoked key stops its tokens here at once);
 - has ``iss`` = the issuer and ``aud`` exactly the issuer, alone: a token that
   also names a service could be replayed to us by that service;
-- is not revoked (RFC 7009, :mod:`tokendealer.dealer.revoke`);
+- is not revoked (RFC 7009, :mod:`tokendealer.dealer.revoke`, or with all of its
+  client's tokens: ``rotate-secret --revoke-tokens``);
 - comes from a client that exists and is enabled right now (asked through the
   client cache, which reads the database: disabling an admin client ends its
   access at once on this worker, and within ``TOKENDEALER_CLIENT_CACHE_TTL``
@@ -37,6 +38,7 @@ from tokendealer.dealer.address import limit_key, source_address
 from tokendealer.dealer.authentication import rate_limited, refuse
 from tokendealer.dealer.errors import OAuthError, temporarily_unavailable
 from tokendealer.dealer.state import DealerState
+from tokendealer.dealer.status.revoked import token_revoked
 from tokendealer.keys.keyset import KeySet, KeySetError
 from tokendealer.verify import InvalidToken, KeysUnavailable, TokenVerifier
 
@@ -73,7 +75,8 @@ class AdminGuard:
     def __init__(self, state: DealerState) -> None:
         self.state = state
         issuer = state.settings.issuer
-        self.verifier = TokenVerifier(issuer, issuer, leeway=LEEWAY)
+        # Revocation is asked of the database below (exact, no status list fetched).
+        self.verifier = TokenVerifier(issuer, issuer, leeway=LEEWAY, check_status=False)
         self._fed: KeySet | None = None  # the key set the verifier holds
 
     async def aclose(self) -> None:
@@ -123,7 +126,7 @@ class AdminGuard:
                 "token_audience",
                 "the token is not for the dealer alone (aud must be exactly the issuer)",
             )
-        if await state.db_call(state.revocations.is_revoked(claims["jti"])):
+        if await state.db_call(token_revoked(state, claims)):
             await self._failed(source, bucket, client_id, "token_revoked", "the token was revoked")
         client = await state.db_call(state.clients.find(client_id))
         if client is None or not client.enabled:

@@ -8,6 +8,7 @@ from tokendealer.store import (  # noqa: F401  (tables)
     key_table,
     registry,
     revocation_list,
+    status_lists,
 )
 from tokendealer.store.schema import Base
 
