@@ -322,7 +322,7 @@ class JWKSCache:
         """One fetch; on any failure keep the last good keys and back off."""
         try:
             url = self.jwks_url or await self._discover()
-            response = await self._get(url, etag=self._etag if self.keys else None)
+            response = await self.get(url, etag=self._etag if self.keys else None)
             if response.status_code == 304 and self.keys:
                 ttl = self.ttl(response.headers)
             else:
@@ -360,7 +360,7 @@ class JWKSCache:
         fetch asks again).
         """
         for url in metadata_urls(self.issuer):
-            response = await self._get(url)
+            response = await self.get(url)
             if response.status_code != 200:
                 continue
             try:
@@ -379,17 +379,26 @@ class JWKSCache:
         self.jwks_url = self.issuer.rstrip("/") + "/.well-known/jwks.json"
         return self.jwks_url
 
-    async def _get(self, url: str, etag: str | None = None) -> httpx.Response:
-        """GET with a bounded body; network errors propagate to ``_refresh``."""
-        headers = {"Accept": "application/json"}
+    async def get(
+        self,
+        url: str,
+        etag: str | None = None,
+        accept: str = "application/json",
+        limit: int = _MAX_JWKS_BYTES,
+    ) -> httpx.Response:
+        """GET with a body of at most ``limit`` bytes and no redirects, through the verifier's
+        one HTTP client (the status lists use it too); network errors propagate."""
+        headers = {"Accept": accept}
         if etag:
             headers["If-None-Match"] = etag
         if self.http is None:
             self.http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
-        async with self.http.stream("GET", url, headers=headers, timeout=self.timeout) as response:
+        async with self.http.stream(
+            "GET", url, headers=headers, timeout=self.timeout, follow_redirects=False
+        ) as response:
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
-                if len(body) > _MAX_JWKS_BYTES:
+                if len(body) > limit:
                     raise ValueError(f"response from {url} is too large")
         return httpx.Response(response.status_code, headers=response.headers, content=bytes(body))

@@ -315,7 +315,12 @@ class StatusListCache:
         usable = held is not None and time.time() < held.exp + self.leeway
         try:
             url = self.url_for(uri)
-            response = await self._get(url, etag=held.etag if usable and held else None)
+            response = await self.jwks.get(
+                url,
+                etag=held.etag if usable and held else None,
+                accept="application/statuslist+jwt",
+                limit=_MAX_BODY_BYTES,
+            )
             if response.status_code == 304 and usable and held is not None:
                 held.fresh_until = time.monotonic() + held.fresh_for  # revalidated: same list
             elif response.status_code != 200:
@@ -390,24 +395,6 @@ class StatusListCache:
         data = decode_lst(status_list.get("lst"))
         fresh_for = max(self.min_ttl, min(self.max_ttl, float(ttl)))
         return StatusList(bits, data, iat=iat, exp=exp, etag=etag, fresh_for=fresh_for)
-
-    async def _get(self, url: str, etag: str | None) -> httpx.Response:
-        """GET with a bounded body, no redirects; network errors propagate to ``_fetch``."""
-        headers = {"Accept": "application/statuslist+jwt"}
-        if etag:
-            headers["If-None-Match"] = etag
-        jwks = self.jwks
-        if jwks.http is None:  # the JWKS cache's client: it closes it (once) in aclose
-            jwks.http = httpx.AsyncClient(timeout=jwks.timeout, follow_redirects=False)
-        async with jwks.http.stream(
-            "GET", url, headers=headers, timeout=jwks.timeout, follow_redirects=False
-        ) as response:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > _MAX_BODY_BYTES:
-                    raise ValueError(f"response larger than {_MAX_BODY_BYTES} bytes")
-        return httpx.Response(response.status_code, headers=response.headers, content=bytes(body))
 
 
 def _busy(slot: _Slot) -> bool:
