@@ -233,8 +233,11 @@ async def _reloaded(state: DealerState, caller: Caller) -> Caller:
     """The caller with its client as the database has it now, when this worker's copy was
     out of date: the same request goes on only if its credentials are unchanged."""
     state.clients.forget(caller.client.client_id)
-    fresh = await state.db_call(state.clients.find(caller.client.client_id))
-    if fresh is None or not fresh.enabled or _credentials(fresh) != _credentials(caller.client):
+    client_id = caller.client.client_id
+    fresh = await state.db_call(state.clients.find(client_id))
+    if fresh is not None and not fresh.enabled:  # as authentication answers it
+        raise OAuthError("unauthorized_client", "this client is disabled")
+    if fresh is None or _credentials(fresh) != _credentials(caller.client):
         raise invalid_client()
     return Caller(fresh, caller.method, caller.source)
 
