@@ -2,16 +2,17 @@
 
 The configuration is ``tokendealer.serve.server.hypercorn_config`` (transport
 limits, keep-alive, logging, one worker process as ``serve --workers 1``
-starts) run by the dealer's own supervisor (the same worker class: uvloop
-where installed), with only ``application_path`` replaced, so the baseline
-and the consuming services differ from the dealer in their application alone.
+starts) run as ``tokendealer serve`` runs it (``run_server``: the dealer's own
+supervisor, the same worker class, uvloop where installed, and the metrics'
+multiprocess directory), with only ``application_path`` replaced, so the
+baseline, the consuming services and the dealer without status lists differ
+from the dealer in their application alone.
 """
 
 import sys
 
 from tokendealer.config import Settings
-from tokendealer.serve.server import hypercorn_config
-from tokendealer.serve.supervisor import Supervisor
+from tokendealer.serve.server import hypercorn_config, run_server
 
 
 def main(argv: list[str]) -> int:
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> int:
     settings = Settings.from_env()
     config = hypercorn_config(settings, "127.0.0.1", port, workers)
     config.application_path = application_path
-    return Supervisor(config, settings.drain_delay).run()
+    return run_server(settings, config)
 
 
 if __name__ == "__main__":
