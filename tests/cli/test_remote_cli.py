@@ -133,7 +133,7 @@ def sequence(run: Run, as_json: bool) -> list[Step]:
     step("clients", "update", client_id, "--name", "renamed", "--audience", "a", "--audience", "b")
     step("clients", "disable", client_id)
     step("clients", "enable", client_id)
-    step("clients", "rotate-secret", client_id, "--grace", "60")
+    step("clients", "rotate-secret", client_id, "--grace", "60", "--revoke-tokens")
     step("clients", "disable", UNKNOWN)  # refused, and recorded so
     step("clients", "delete", client_id)
     step("keys", "list")
