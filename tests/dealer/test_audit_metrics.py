@@ -158,6 +158,9 @@ async def test_metrics_count_tokens_failures_latency_and_show_the_keys(app_facto
     assert value(after, info, kid=keyset.next.kid, alg=keyset.next.alg, state="next") == 1
     assert 0 <= value(after, "tokendealer_signing_key_age_seconds") < 600
     assert value(after, "tokendealer_keyset_stale") == 0
+    # Three tokens of a new client: one block of status-list indices, reserved once.
+    assert delta("tokendealer_status_blocks_reserved_total") == 1
+    assert 0 <= value(after, "tokendealer_status_lists_check_age_seconds") < 5
     assert issued.secret not in text
 
 

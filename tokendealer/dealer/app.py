@@ -69,7 +69,10 @@ def create_app(settings: Settings | None = None) -> Quart:
         keyring=keyring,
         statuses=statuses,
         indices=StatusAllocator(
-            status_store, guard=lambda call: state.db_call(call), revoked=statuses.is_revoked
+            status_store,
+            guard=lambda call: state.db_call(call),
+            revoked=statuses.is_revoked,
+            on_reserved=metrics.STATUS_BLOCKS.inc,
         ),
         revocations=RevocationList(engine),
         admin_events=AdminEvents(engine),

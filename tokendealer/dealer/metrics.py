@@ -20,6 +20,11 @@ Series:
   ``tokendealer_signing_key_info{kid, alg, state}``, ``tokendealer_keyset_stale``:
   the key set as the answering worker sees it (every worker follows the same
   file within seconds).
+- ``tokendealer_status_blocks_reserved_total``: blocks of status-list indices
+  reserved (one database statement each; see :mod:`tokendealer.dealer.status.allocator`),
+  and ``tokendealer_status_lists_check_age_seconds``: seconds since the answering
+  worker last checked the database for revocations (about 1 normally; it grows
+  while the database cannot be reached, and so does the lists' staleness).
 - ``tokendealer_rate_limit_storage_unavailable``: 1 when the answering worker
   found the storage of the brute-force limits unreachable (the limits then fail
   open); always 0 with ``memory://``.
@@ -127,6 +132,12 @@ SHED = Counter(
 UNFINISHED_REFUSED = Counter(
     "tokendealer_unfinished_bodies_refused",
     "Requests answered 429 at once: their address had TOKENDEALER_MAX_UNFINISHED_BODIES.",
+    registry=REGISTRY,
+)
+
+STATUS_BLOCKS = Counter(
+    "tokendealer_status_blocks_reserved",
+    "Blocks of status-list indices reserved for clients (one database statement each).",
     registry=REGISTRY,
 )
 
@@ -245,9 +256,11 @@ def exposition(
     max_inflight: int | None = None,
     rate_limit_storage_unavailable: bool | None = None,
     schedule: RotationSchedule | None = None,
+    status_checked_at: float | None = None,
 ) -> bytes:
     """The text exposition: every worker's samples (multiprocess) plus the key set and,
-    when given, the in-flight limit and the health of the rate-limit storage."""
+    when given, the in-flight limit, the health of the rate-limit storage and when the
+    status lists were last checked (Unix time)."""
     if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -276,6 +289,16 @@ def exposition(
                 )
             )
         )
+    if status_checked_at is not None:
+        keys.register(
+            _Constant(
+                GaugeMetricFamily(  # type: ignore[arg-type]
+                    "tokendealer_status_lists_check_age_seconds",
+                    "Seconds since this worker last checked the database for revocations.",
+                    value=max(0.0, time.time() - status_checked_at),
+                )
+            )
+        )
     return generate_latest(registry) + generate_latest(keys)
 
 
@@ -295,5 +318,11 @@ async def metrics() -> Response:
     """Prometheus text format (version 0.0.4)."""
     state = dealer_state(current_app)
     unavailable = not await state.limiter.storage_available()
-    body = exposition(state.keyring, state.settings.max_inflight, unavailable, state.schedule)
+    body = exposition(
+        state.keyring,
+        state.settings.max_inflight,
+        unavailable,
+        state.schedule,
+        state.statuses.checked_at,
+    )
     return Response(body, content_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})

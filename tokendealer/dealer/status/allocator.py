@@ -85,10 +85,12 @@ class StatusAllocator:
         store: StatusStore,
         guard: Callable[[Awaitable[Reserved | None]], Awaitable[Reserved | None]],
         revoked: Callable[[int, int], bool],
+        on_reserved: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.guard = guard  # bounds a database call (DealerState.db_call)
         self.revoked = revoked  # this worker's copy of the status lists (StatusLists.is_revoked)
+        self.on_reserved = on_reserved  # counts each block (the metrics)
         self._clients: OrderedDict[str, _ClientBlocks] = OrderedDict()
 
     def take(self, client_id: str, version: int) -> tuple[int, int] | None:
@@ -170,7 +172,10 @@ class StatusAllocator:
     ) -> asyncio.Task[_Block | None]:
         async def reserve() -> _Block | None:
             reserved = await self.guard(self.store.reserve(client_id, version, blocks.size))
-            return None if reserved is None else _Block(reserved, time.monotonic())
+            if reserved is None:
+                return None
+            self.on_reserved()
+            return _Block(reserved, time.monotonic())
 
         blocks.pending_version = version
         blocks.pending = asyncio.get_running_loop().create_task(reserve())
