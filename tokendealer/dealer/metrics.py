@@ -269,35 +269,26 @@ def exposition(
     keys = CollectorRegistry()
     keys.register(KeySetCollector(keyring, schedule))  # type: ignore[arg-type]
     if max_inflight is not None:
-        keys.register(
-            _Constant(
-                GaugeMetricFamily(  # type: ignore[arg-type]
-                    "tokendealer_max_inflight",
-                    "TOKENDEALER_MAX_INFLIGHT: requests one worker serves at once before shedding.",
-                    value=max_inflight,
-                )
-            )
+        _gauge(
+            keys,
+            "tokendealer_max_inflight",
+            "TOKENDEALER_MAX_INFLIGHT: requests one worker serves at once before shedding.",
+            max_inflight,
         )
     if rate_limit_storage_unavailable is not None:
-        keys.register(
-            _Constant(
-                GaugeMetricFamily(  # type: ignore[arg-type]
-                    "tokendealer_rate_limit_storage_unavailable",
-                    "1 when the rate-limit storage cannot be reached (failed authentications "
-                    "are then not limited).",
-                    value=1 if rate_limit_storage_unavailable else 0,
-                )
-            )
+        _gauge(
+            keys,
+            "tokendealer_rate_limit_storage_unavailable",
+            "1 when the rate-limit storage cannot be reached (failed authentications "
+            "are then not limited).",
+            1 if rate_limit_storage_unavailable else 0,
         )
     if status_checked_at is not None:
-        keys.register(
-            _Constant(
-                GaugeMetricFamily(  # type: ignore[arg-type]
-                    "tokendealer_status_lists_check_age_seconds",
-                    "Seconds since this worker last checked the database for revocations.",
-                    value=max(0.0, time.time() - status_checked_at),
-                )
-            )
+        _gauge(
+            keys,
+            "tokendealer_status_lists_check_age_seconds",
+            "Seconds since this worker last checked the database for revocations.",
+            max(0.0, time.time() - status_checked_at),
         )
     return generate_latest(registry) + generate_latest(keys)
 
@@ -308,6 +299,12 @@ class _Constant:
 
     def collect(self) -> Any:
         yield self.family
+
+
+def _gauge(registry: CollectorRegistry, name: str, documentation: str, value: float) -> None:
+    """A gauge with this value, as the answering worker sees it at the scrape."""
+    family = GaugeMetricFamily(name, documentation, value=value)
+    registry.register(_Constant(family))  # type: ignore[arg-type]
 
 
 blueprint = Blueprint("metrics", __name__)
