@@ -143,7 +143,8 @@ def ttl_up_to(maximum: int) -> Check:
     return ttl
 
 
-def enabled(field: str, value: Any) -> bool:
+def boolean(field: str, value: Any) -> bool:
+    """A JSON true or false (`enabled`, `revoke_tokens`)."""
     if not isinstance(value, bool):
         raise refuse(field, "true or false")
     return value

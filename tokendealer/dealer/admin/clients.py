@@ -139,7 +139,7 @@ async def show_client(client_id: str) -> Response:
 async def update_client(client_id: str) -> Response:
     """Change what the body names; ``If-Match``: only from that version (412 otherwise)."""
     state, admin = await administration(ADMIN)
-    fields = {**_fields(state.settings), "enabled": bodies.enabled}
+    fields = {**_fields(state.settings), "enabled": bodies.boolean}
     body = await _body(
         state,
         admin,
@@ -182,7 +182,7 @@ async def rotate_secret(client_id: str) -> Response:
     """A new secret; the old one keeps working for ``grace`` seconds (default 0);
     ``revoke_tokens``: the tokens the client holds are revoked too."""
     state, admin = await administration(ADMIN)
-    fields = {"grace": bodies.seconds, "revoke_tokens": bodies.enabled}
+    fields = {"grace": bodies.seconds, "revoke_tokens": bodies.boolean}
     body = await _body(state, admin, "clients.rotate-secret", client_id, fields)
     change = admin.rotate_secret(client_id, body.get("grace", 0), body.get("revoke_tokens", False))
     rotated = await run(state, change)
